@@ -1,0 +1,149 @@
+"""The result rows: the one Arrow schema, atomic per-trial Parquet files, compaction.
+
+Layout under a study's results URI:
+    trials/<trial_id>.parquet   one file per trial, written atomically while the sweep runs
+    results.parquet             every trial's rows, compacted at the end (deduplicated by row_key)
+    manifest.json               spec, versions, git sha, times, trial states
+
+``python -m study.results`` prints the schema as the Markdown table in docs/results-schema.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from study import fsio
+
+SCHEMA_VERSION = "1"
+_META_KEY = b"advsweep.schema_version"
+
+# (name, type, group, meaning) -- the single source of the schema and of its documentation.
+COLUMNS = [
+    ("study", pa.string(), "identity", "study name from the spec"),
+    ("trial_id", pa.string(), "identity", "hash of the study and the resolved training config (deterministic)"),
+    ("row_key", pa.string(), "identity", "hash of trial_id and the evaluation point; unique per row"),
+    ("label", pa.string(), "identity", "short readable name of the training config, e.g. `cnn wd=0.001 adv=fgsm-linf-0.1`"),
+    ("dataset", pa.string(), "training", "dataset name"),
+    ("classes", pa.string(), "training", "class filter as written in the spec (e.g. `3,7`), null for all classes"),
+    ("model", pa.string(), "training", "model registry name"),
+    ("seed", pa.int64(), "training", "training seed"),
+    ("epochs", pa.int64(), "training", "training epochs"),
+    ("lr", pa.float64(), "training", "Adam learning rate"),
+    ("batch_size", pa.int64(), "training", "training batch size"),
+    ("weight_decay", pa.float64(), "training", "L2 coefficient (gradient += weight_decay * w)"),
+    ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
+    ("adv_norm", pa.string(), "training", "adversarial-training norm"),
+    ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
+    ("adv_alpha", pa.float64(), "training", "weight of the clean loss: alpha J(x) + (1 - alpha) J(x_adv)"),
+    ("evaluator", pa.string(), "evaluation", "evaluator name (robustness, ...)"),
+    ("attack", pa.string(), "evaluation", "attack name, or `worst`: robust only if the point survives every attack"),
+    ("norm", pa.string(), "evaluation", "threat-model norm (linf, l2)"),
+    ("eps", pa.float64(), "evaluation", "attack radius in that norm (inputs in [0, 1])"),
+    ("steps", pa.int64(), "evaluation", "attack iterations (1 for FGSM)"),
+    ("step_size", pa.float64(), "evaluation", "step size relative to eps"),
+    ("restarts", pa.int64(), "evaluation", "random restarts (PGD)"),
+    ("n_eval", pa.int64(), "metric", "number of evaluation points"),
+    ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
+    ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
+    ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled"),
+    ("l2_mean", pa.float64(), "metric", "mean L2 norm of the successful perturbations (null if none)"),
+    ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),
+    ("linf_mean", pa.float64(), "metric", "mean Linf norm of the successful perturbations"),
+    ("linf_median", pa.float64(), "metric", "median Linf norm of the successful perturbations"),
+    ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
+    ("from_store", pa.bool_(), "cost", "the model was loaded from the model store, not trained in this run"),
+    ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
+    ("device", pa.string(), "cost", "torch device the trial ran on"),
+    ("node_id", pa.string(), "cost", "Ray node the trial ran on"),
+    ("advsweep_version", pa.string(), "provenance", "advsweep version"),
+    ("git_sha", pa.string(), "provenance", "git commit of the code that ran (null outside a checkout)"),
+    ("torch_version", pa.string(), "provenance", "torch version"),
+    ("ray_version", pa.string(), "provenance", "ray version"),
+    ("created_at", pa.timestamp("us", tz="UTC"), "provenance", "when the row was written"),
+]
+SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
+# The evaluation axes that, with trial_id, identify a row.
+KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts")
+
+
+class SchemaVersionError(ValueError):
+    pass
+
+
+def row_key(trial_id: str, row: dict) -> str:
+    point = json.dumps([trial_id, *(row.get(c) for c in KEY_COLUMNS)])
+    return hashlib.sha256(point.encode()).hexdigest()[:16]
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    unknown = set().union(*(r.keys() for r in rows)) - set(SCHEMA.names) if rows else set()
+    if unknown:
+        raise ValueError(f"rows have columns the schema lacks: {sorted(unknown)}")
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def trial_path(results_uri: str, trial_id: str) -> tuple:
+    fs, base = fsio.resolve(results_uri)
+    return fs, fsio.join(base, "trials", f"{trial_id}.parquet")
+
+
+def write_trial(results_uri: str, trial_id: str, rows: list[dict]) -> str:
+    fs, path = trial_path(results_uri, trial_id)
+    fsio.write_atomic(fs, path, _parquet_bytes(to_table(rows)))
+    return path
+
+
+def read_table(fs, path: str) -> pa.Table:
+    table = pq.read_table(path, filesystem=fs)
+    version = (table.schema.metadata or {}).get(_META_KEY, b"").decode()
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"{path}: results schema version {version or 'missing'!r}, this advsweep reads {SCHEMA_VERSION!r}")
+    return table
+
+
+def compact(results_uri: str) -> tuple[str, int]:
+    """Merge trials/*.parquet into results.parquet (one row per row_key). Returns (path, rows)."""
+    fs, base = fsio.resolve(results_uri)
+    infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "trials"), allow_not_found=True))
+    files = sorted(f.path for f in infos if f.path.endswith(".parquet") and not f.base_name.startswith(".tmp-"))
+    tables = [read_table(fs, f) for f in files]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    # A re-run rewrites a trial's file whole, so a key can only repeat across files: keep one.
+    seen, first = set(), []
+    for i, key in enumerate(table.column("row_key").to_pylist()):
+        if key not in seen:
+            seen.add(key)
+            first.append(i)
+    table = table.take(first).sort_by([("trial_id", "ascending"), ("evaluator", "ascending"), ("norm", "ascending"), ("attack", "ascending"), ("eps", "ascending")])
+    path = fsio.join(base, "results.parquet")
+    fsio.write_atomic(fs, path, _parquet_bytes(table.replace_schema_metadata(SCHEMA.metadata)))
+    return path, table.num_rows
+
+
+def write_manifest(results_uri: str, manifest: dict) -> str:
+    fs, base = fsio.resolve(results_uri)
+    path = fsio.join(base, "manifest.json")
+    fsio.write_atomic(fs, path, json.dumps(manifest, indent=2, default=str).encode())
+    return path
+
+
+def schema_markdown() -> str:
+    lines = ["| column | type | group | meaning |", "|---|---|---|---|"]
+    lines += [f"| {n} | {t} | {g} | {d} |" for n, t, g, d in COLUMNS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(schema_markdown())

@@ -1,0 +1,353 @@
+"""The study spec: the YAML schema, and the only module that knows the file format.
+
+``load_spec(path)`` returns a validated ``StudySpec`` or raises ``SpecError`` whose message is
+one line naming the file and the field path, e.g.
+``search_spaces/x.yaml: evaluate[0].norms.linf.eps[2]: must be >= 0``.
+
+Training axes (``train:``) are Ray Tune dimensions: one trial per trained model. Each axis is a
+plain value or one domain written in YAML: ``{grid: [...]}``, ``{choice: [...]}``,
+``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``. Evaluation axes
+live under ``evaluate:`` and are swept inside each trial against its one model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from study import models
+from study.attacks import ATTACKS
+from study.norms import NORMS
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits")
+DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+PosInt = Annotated[int, Field(gt=0)]
+
+
+class SpecError(ValueError):
+    """A spec that cannot run. The message is one line: file, field path, what is wrong."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    dataset: Literal[DATASETS] = "mnist-5k"
+    classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = None
+    n_eval: Optional[PosInt] = None  # evaluate on the first n_eval test images (all when null)
+    root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw
+    download: bool = False
+
+    @field_validator("classes")
+    @classmethod
+    def _two_distinct(cls, v):
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError("must list at least two distinct class labels")
+        return v
+
+
+class AdversarialTraining(_Strict):
+    attack: Literal["fgsm", "pgd"]
+    norm: Literal[tuple(NORMS)]
+    eps: NonNegFloat
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # weight of the clean loss
+    steps: Optional[PosInt] = None  # pgd only; default 10
+    step_size: Optional[PosFloat] = None  # relative to eps
+
+    @model_validator(mode="after")
+    def _linf_box(self):
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        return self
+
+
+class TrainConfig(_Strict):
+    """One trial's resolved training configuration: everything that determines the model."""
+
+    model: str
+    epochs: PosInt = 5
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 64
+    weight_decay: NonNegFloat = 0.0  # L2 coefficient: gradient += weight_decay * w
+    adversarial: Optional[AdversarialTraining] = None
+    seed: Optional[int] = None  # defaults to the study seed
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        if v not in models.MODELS:
+            raise ValueError(f"unknown model {v!r} (known: {', '.join(models.MODELS)})")
+        return v
+
+
+class NormAxes(_Strict):
+    eps: Annotated[list[NonNegFloat], Field(min_length=1)]
+
+    @field_validator("eps")
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("values must be distinct")
+        return v
+
+
+class RobustnessEval(_Strict):
+    evaluator: Literal["robustness"]
+    attacks: Annotated[list[Literal[ATTACKS]], Field(min_length=1)]
+    norms: Annotated[dict[Literal[tuple(NORMS)], NormAxes], Field(min_length=1)]
+    steps: PosInt = 10  # bim and pgd
+    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
+    restarts: PosInt = 1  # pgd
+    batch_rows: PosInt = 8192  # rows (point x eps) attacked per batch
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError("attacks: values must be distinct")
+        for i, e in enumerate(self.norms.get("linf", NormAxes(eps=[0])).eps):
+            if e > 1:
+                raise ValueError(f"norms.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        return self
+
+    def n_rows(self) -> int:
+        """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps)."""
+        return sum(len(axes.eps) * (len(self.attacks) + 1) for axes in self.norms.values())
+
+    def metric_names(self) -> set[str]:
+        return {
+            f"robust_acc@{a}-{n}-{e:g}" for n, axes in self.norms.items() for e in axes.eps for a in [*self.attacks, "worst"]
+        }
+
+
+Evaluator = Annotated[Union[RobustnessEval], Field(discriminator="evaluator")]
+EVALUATORS = ("robustness",)
+
+
+class SearchSpec(_Strict):
+    kind: Literal["grid", "random"] = "grid"
+    metric: str = "clean_acc"
+    mode: Literal["max", "min"] = "max"
+    num_samples: PosInt = 1  # grid: repeats of the grid; random: samples drawn
+
+
+class Resources(_Strict):
+    cpu: PosFloat = 1.0
+    gpu: NonNegFloat = 0.0  # fractional below 1 shares a GPU between trials
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError("above 1 must be a whole number of GPUs")
+        return v
+
+
+class Axis(BaseModel):
+    """One training axis: a plain value or a Tune domain, with JSON-ready values."""
+
+    kind: Literal["value", *DOMAINS]
+    values: list[Any]
+
+
+class StudySpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    data: DataSpec = DataSpec()
+    train: dict[str, Axis]
+    evaluate: Annotated[list[Evaluator], Field(min_length=1)]
+    search: SearchSpec = SearchSpec()
+    resources: Resources = Resources()
+    results: Optional[str] = None  # local path or pyarrow.fs URI; default results/<name>
+    store: Optional[str] = None  # model store; default: `store` beside the results folder
+    seed: int = 0
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_axes(cls, raw):
+        return parse_train_axes(raw)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        known = {"clean_acc", "train_loss"} | set().union(*(e.metric_names() for e in self.evaluate))
+        if self.search.metric not in known:
+            examples = ", ".join(sorted(known)[:4])
+            raise ValueError(f"search.metric: unknown metric {self.search.metric!r} (e.g. {examples})")
+        return self
+
+    @property
+    def results_uri(self) -> str:
+        return self.results or f"results/{self.name}"
+
+    @property
+    def store_uri(self) -> str:
+        if self.store:
+            return self.store
+        base = self.results_uri.rstrip("/")
+        return base.rsplit("/", 1)[0] + "/store" if "/" in base else "store"
+
+    def grid_configs(self) -> list[dict] | None:
+        """Every trial's training config when all axes are values or grids (else None)."""
+        if any(a.kind not in ("value", "grid") for a in self.train.values()):
+            return None
+        names = list(self.train)
+        combos = itertools.product(*(self.train[n].values for n in names))
+        return [self.resolve(dict(zip(names, c))) for c in combos for _ in range(self.search.num_samples)]
+
+    def resolve(self, sampled: dict) -> dict:
+        """A full TrainConfig dict from one sample of the axes (defaults and the study seed filled)."""
+        cfg = TrainConfig.model_validate(sampled)
+        if cfg.seed is None:
+            cfg.seed = self.seed
+        return cfg.model_dump(mode="json")
+
+    def n_trials(self) -> int:
+        if self.grid_configs() is not None:
+            return math.prod(len(a.values) for a in self.train.values()) * self.search.num_samples
+        grid = math.prod(len(a.values) for a in self.train.values() if a.kind == "grid")
+        return grid * self.search.num_samples
+
+    def rows_per_trial(self) -> int:
+        return sum(e.n_rows() for e in self.evaluate)
+
+
+def parse_train_axes(raw) -> dict[str, Axis]:
+    if not isinstance(raw, dict):
+        raise ValueError("must be a mapping of training axes")
+    if "model" not in raw:
+        raise _AxisError(("model",), "required (which model to train)")
+    axes = {}
+    for name, value in raw.items():
+        field = TrainConfig.model_fields.get(name)
+        if field is None:
+            raise _AxisError((name,), f"unknown training axis (known: {', '.join(TrainConfig.model_fields)})")
+        axes[name] = _parse_axis(name, value)
+    return axes
+
+
+def _parse_axis(name: str, value) -> Axis:
+    def check(v, *loc):
+        # Validate one candidate value with TrainConfig's own field rules and validators.
+        try:
+            cfg = TrainConfig.model_validate({"model": "logreg", name: v})
+        except ValidationError as e:
+            err = e.errors()[0]
+            sub, msg = _split_nested(_message(err))
+            raise _AxisError((name, *loc, *err["loc"][1:], *([sub] if sub else [])), msg) from None
+        return cfg.model_dump(mode="json")[name]
+
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:
+        kind, args = next(iter(value.items()))
+        if not isinstance(args, list):
+            raise _AxisError((name, kind), "must be a list")
+        if kind in ("grid", "choice"):
+            if not args:
+                raise _AxisError((name, kind), "must not be empty")
+            return Axis(kind=kind, values=[check(v, kind, i) for i, v in enumerate(args)])
+        if len(args) != 2:
+            raise _AxisError((name, kind), "must be [low, high]")
+        lo, hi = (check(v, kind, i) for i, v in enumerate(args))
+        if not (isinstance(lo, (int, float)) and lo < hi):
+            raise _AxisError((name, kind), "needs numbers with low < high")
+        if kind == "loguniform" and lo <= 0:
+            raise _AxisError((name, kind, 0), "must be > 0 for a log scale")
+        return Axis(kind=kind, values=[lo, hi])
+    return Axis(kind="value", values=[check(value)])
+
+
+class _AxisError(ValueError):
+    def __init__(self, loc, msg):
+        super().__init__(msg)
+        self.loc, self.msg = loc, msg
+
+
+def _message(err: dict) -> str:
+    """One short human message for a pydantic error."""
+    ctx, kind = err.get("ctx") or {}, err["type"]
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit:g}"
+    if kind == "literal_error":
+        return f"unknown value {err['input']!r} (expected {ctx.get('expected')})"
+    if kind == "union_tag_invalid":
+        return f"unknown evaluator {ctx.get('tag')!r} (known: {', '.join(EVALUATORS)})"
+    if kind == "union_tag_not_found":
+        return "missing 'evaluator' (which evaluator to run)"
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind == "string_pattern_mismatch":
+        return "must be letters, digits, '.', '_' or '-'"
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def _format_loc(loc) -> str:
+    loc = list(loc)
+    # Drop pydantic's bookkeeping: the tag of a discriminated union and the marker of dict keys.
+    if len(loc) > 2 and loc[0] == "evaluate" and loc[2] in EVALUATORS:
+        del loc[2]
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _split_nested(msg: str) -> tuple[str, str]:
+    """A validator may prefix a sub-path ('norms.linf.eps[3]: ...'); split it off."""
+    m = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", msg)
+    return (m.group(1), m.group(2)) if m else ("", msg)
+
+
+def _from_validation_error(path: str, e: ValidationError) -> SpecError:
+    err = e.errors()[0]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    loc = list(err["loc"])
+    if isinstance(ctx_error, _AxisError):
+        loc, msg = loc + list(ctx_error.loc), ctx_error.msg
+    else:
+        sub, msg = _split_nested(_message(err))
+        loc += [sub] if sub else []
+    where = _format_loc(loc)
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return SpecError(f"{path}: {where}: {msg}{more}" if where else f"{path}: {msg}{more}")
+
+
+def parse_spec(raw: Any, path: str = "<spec>") -> StudySpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping (name, data, train, evaluate, ...)")
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as e:
+        raise _from_validation_error(path, e) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise SpecError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    return parse_spec(raw, path)

@@ -1,0 +1,141 @@
+"""One Ray Tune trial = one trained model (its training axes), evaluated on every evaluation axis.
+
+The dataset arrives from Ray's object store (``tune.with_parameters``), never re-read from
+disk; the model comes from the store when an identical one was trained before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from ray import tune
+
+from study import evaluators, results
+from study.data import Dataset
+from study.spec import StudySpec, TrainConfig
+from study.store import ModelStore, model_key
+from study.train import init_model, train
+
+
+@dataclass
+class StudyContext:
+    """What every trial of a sweep shares besides the data (small; pickled once per trial)."""
+
+    spec: StudySpec
+    results_uri: str  # absolute for local paths: Tune runs trials in their own working folders
+    store_uri: str
+    provenance: dict = field(default_factory=dict)
+
+
+def trial_id(study: str, cfg: TrainConfig) -> str:
+    blob = json.dumps([study, cfg.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def label(cfg: TrainConfig, swept: list[str]) -> str:
+    """A short readable name built from the axes the study sweeps."""
+    parts = [cfg.model]
+    for name in swept:
+        if name == "model":
+            continue
+        value = getattr(cfg, name)
+        if name == "adversarial":
+            value = "none" if value is None else f"{value.attack}-{value.norm}-{value.eps:g}" + (f"-a{value.alpha:g}" if value.alpha != 0.5 else "")
+            name = "adv"
+        elif name == "weight_decay":
+            name = "wd"
+        parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
+    adv = cfg.adversarial
+    return dict(
+        dataset=spec.data.dataset,
+        classes=",".join(map(str, spec.data.classes)) if spec.data.classes else None,
+        model=cfg.model,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        adv_attack=adv.attack if adv else None,
+        adv_norm=adv.norm if adv else None,
+        adv_eps=adv.eps if adv else None,
+        adv_alpha=adv.alpha if adv else None,
+    )
+
+
+def _tensor(a: np.ndarray, device) -> torch.Tensor:
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a).to(device)
+
+
+def run_trial(config: dict, data: Dataset, study: StudyContext) -> None:
+    spec = study.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    cfg = TrainConfig.model_validate(spec.resolve(config))
+    tid = trial_id(spec.name, cfg)
+    device = torch.device("cuda" if spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+    x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
+    x_eval, y_eval = _tensor(data.x_test, device), _tensor(data.y_test, device)
+
+    model = init_model(cfg, data.input_shape, data.n_classes).to(device)
+    store = ModelStore(study.store_uri)
+    key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
+    meta = store.load(key, model)
+    from_store = meta is not None
+    if not from_store:
+        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: tune.report({**m, "trial_id": tid}))
+        meta = {"train_s": out["train_s"]}
+        store.save(key, model, meta)
+
+    rows = []
+    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed)
+    eval_start = time.perf_counter()
+    for axes in spec.evaluate:
+        rows += evaluators.run(ctx, axes)
+    eval_s = time.perf_counter() - eval_start
+    swept = [n for n, a in spec.train.items() if a.kind != "value"]
+    common = dict(
+        study=spec.name,
+        trial_id=tid,
+        label=label(cfg, swept),
+        **training_columns(cfg, spec),
+        train_s=meta["train_s"],
+        from_store=from_store,
+        device=str(device),
+        node_id=_node_id(),
+        created_at=datetime.now(timezone.utc),
+        **study.provenance,
+    )
+    for row in rows:
+        row.update(common)
+        row["row_key"] = results.row_key(tid, row)
+    results.write_trial(study.results_uri, tid, rows)
+
+    final = {
+        "trial_id": tid,
+        "label": common["label"],
+        "from_store": from_store,
+        "train_s": meta["train_s"],
+        "eval_s": eval_s,
+        "rows": len(rows),
+        "clean_acc": rows[0]["clean_acc"] if rows else None,
+    }
+    final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness"})
+    tune.report(final)
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
