@@ -1,0 +1,182 @@
+"""Attack throughput and eps-grid evaluation cost on mnist-5k, CPU, no Ray.
+
+Run from the repository root:  .venv/bin/python benchmarks/attacks.py [--threads 1] [--n 1000]
+
+What it measures, on the two CNNs of the quickstart (standard, and FGSM-Linf-0.1 adversarially
+trained with alpha 0.5), each trained here in-process with the quickstart's seed and settings:
+
+1. Throughput of single attacks run in full (``early_stop=False``, every row takes every step,
+   as other attack libraries do): FGSM Linf 0.1, PGD-40 Linf 0.1 and PGD-40 L2 1.0 on the
+   ``--n`` test images, beside a baseline timed in the same run: a bare loop of 40 forward +
+   backward passes w.r.t. the input of the whole batch (parameters frozen).
+
+   How to read ``vs_bare``: attack time / bare-loop time for the same number of gradient steps
+   (40 for PGD-40, 1 for FGSM). 1.00 means the attack costs exactly its forward/backward passes;
+   anything above is overhead (random start, sign/normalise, projection, clamping).
+
+2. The quickstart's Linf eps grid (0.05 ... 0.3) for FGSM, BIM-10, PGD-10 and PGD-40, evaluated
+   two ways on the same points (those the model classifies correctly, as the evaluator does):
+   ``attack_grid`` (the evaluator: the whole grid as one batch of (point, eps) rows, rows leave
+   on success, a success at eps_i counts for every larger eps) versus
+   ``attack_each_eps_separately`` (a full attack at each eps on its own, final iterate kept).
+
+   How to read ``speedup``: separate time / grid time (> 1: the evaluator is faster).
+   ``diff_pts`` is robust accuracy (correct and not fooled, over all ``--n`` images) of the
+   evaluator minus that of the separate runs, in percentage points; <= 0 means the evaluator's
+   attack is at least as strong. PGD's random starts differ between the two ways (one draw per
+   point shared by its eps rows vs a fresh draw per eps), so small positive values are noise.
+
+Timings use ``torch.set_num_threads(--threads)``, 1 by default: what one Ray trial with cpu: 1 gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from study import attacks  # noqa: E402
+from study.attacks.gradient import frozen  # noqa: E402
+from study.data import load  # noqa: E402
+from study.evaluators.robustness import attack_each_eps_separately, attack_grid  # noqa: E402
+from study.norms import L2, Linf  # noqa: E402
+from study.spec import DataSpec, TrainConfig  # noqa: E402
+from study.train import init_model, predict, train  # noqa: E402
+
+LINF_GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]  # the quickstart's Linf grid without the trivial eps 0
+MODELS = {
+    "cnn": TrainConfig(model="cnn", epochs=8, lr=2e-3, seed=0),
+    "cnn adv=fgsm-linf-0.1": TrainConfig(
+        model="cnn", epochs=8, lr=2e-3, seed=0, adversarial={"attack": "fgsm", "norm": "linf", "eps": 0.1, "alpha": 0.5}
+    ),
+}
+SINGLE_ATTACKS = [  # (label, attack name, steps, norm, eps)
+    ("fgsm", "fgsm", None, Linf, 0.1),
+    ("pgd-40", "pgd", 40, Linf, 0.1),
+    ("pgd-40", "pgd", 40, L2, 1.0),
+]
+GRID_ATTACKS = [("fgsm", "fgsm", None), ("bim-10", "bim", 10), ("pgd-10", "pgd", 10), ("pgd-40", "pgd", 40)]
+BARE_STEPS = 40
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def show(title: str, df: pl.DataFrame) -> None:
+    print(f"\n{title}")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   tbl_formatting="ASCII_MARKDOWN", tbl_width_chars=200, float_precision=3):
+        print(df)
+
+
+def train_models(ds, x_eval, y_eval):
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    trained, rows = {}, []
+    for name, cfg in MODELS.items():
+        model = init_model(cfg, ds.input_shape, ds.n_classes)
+        out = train(model, cfg, x, y, x_eval, y_eval)
+        trained[name] = model
+        rows.append(dict(model=name, train_s=out["train_s"], clean_acc=out["clean_acc"]))
+    show("Training (4,000 images, 8 epochs, batch 64):", pl.DataFrame(rows))
+    return trained
+
+
+def bare_loop(model, x, y, steps: int) -> None:
+    """``steps`` x (one forward + one backward w.r.t. the input of the whole batch), frozen model."""
+    with frozen(model):
+        for _ in range(steps):
+            xa = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+
+
+def robust_acc(model, x_adv, x, y) -> float:
+    """Correct on the clean input and on the adversarial one, over all points."""
+    return ((predict(model, x) == y) & (predict(model, x_adv) == y)).float().mean().item()
+
+
+def throughput(name, model, x, y) -> list[dict]:
+    n = len(y)
+    bare_loop(model, x, y, 2)  # warm-up: first calls allocate
+    _, bare_s = timed(bare_loop, model, x, y, BARE_STEPS)
+    step_s = bare_s / BARE_STEPS
+    rows = [dict(model=name, attack=f"bare {BARE_STEPS} x fwd+bwd", norm="-", eps=None, images_s=n / bare_s,
+                 time_s=bare_s, vs_bare=1.0, robust_acc=None)]
+    for label, attack_name, steps, norm, eps in SINGLE_ATTACKS:
+        attack = attacks.make(attack_name, steps=steps)
+        gen = torch.Generator().manual_seed(0)
+        res, t = timed(attack.run, model, x, y, eps, norm, early_stop=False, generator=gen)
+        rows.append(dict(model=name, attack=label, norm=norm.name, eps=eps, images_s=n / t, time_s=t,
+                         vs_bare=t / (step_s * attack.steps), robust_acc=robust_acc(model, res.x_adv, x, y)))
+    return rows
+
+
+def grid_vs_separate(name, model, x, y):
+    """Time and robust accuracy of the eps grid, evaluator's way vs a full attack per eps."""
+    n = len(y)
+    correct = predict(model, x) == y
+    xc, yc = x[correct], y[correct]
+    n_correct = len(yc)
+    timing, accs = [], []
+    for label, attack_name, steps in GRID_ATTACKS:
+        attack = attacks.make(attack_name, steps=steps)
+        (ours, _), ours_s = timed(attack_grid, model, xc, yc, LINF_GRID, Linf, attack, torch.Generator().manual_seed(0))
+        sep, sep_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, torch.Generator().manual_seed(0))
+        timing.append(dict(model=name, attack=label, points=n_correct, grid_s=ours_s, separate_s=sep_s, speedup=sep_s / ours_s))
+        for j, eps in enumerate(LINF_GRID):
+            ra_ours = (n_correct - int(ours[:, j].sum())) / n
+            ra_sep = (n_correct - int(sep[:, j].sum())) / n
+            accs.append(dict(model=name, attack=label, eps=eps, grid=ra_ours, separate=ra_sep, diff_pts=100 * (ra_ours - ra_sep)))
+    return timing, accs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = one Ray trial with cpu: 1)")
+    parser.add_argument("--n", type=int, default=1000, help="test images to attack (mnist-5k has 1,000)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    ds = load(DataSpec(n_eval=args.n))
+    x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    print(f"mnist-5k: {len(ds.y_train)} train / {len(y)} attacked test images; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), device cpu")
+    models = train_models(ds, x, y)
+
+    rows = [r for name, model in models.items() for r in throughput(name, model, x, y)]
+    show(f"Single attacks in full (early_stop=False) on {len(y)} images; vs_bare = time / "
+         f"(bare loop time per step x attack steps):", pl.DataFrame(rows))
+
+    timing, accs = [], []
+    for name, model in models.items():
+        t, a = grid_vs_separate(name, model, x, y)
+        timing += t
+        accs += a
+    timing, accs = pl.DataFrame(timing), pl.DataFrame(accs)
+    show(f"Linf eps grid {LINF_GRID}: evaluator (attack_grid) vs a full attack per eps; "
+         "speedup = separate_s / grid_s:", timing)
+    for name in models:
+        show(f"Robust accuracy, {name} (over {len(y)} images); diff_pts = grid - separate:",
+             accs.filter(pl.col("model") == name).drop("model"))
+
+    std = next(iter(models))
+    for label in ("pgd-10", "pgd-40"):
+        speed = timing.filter((pl.col("model") == std) & (pl.col("attack") == label))["speedup"].item()
+        diff = accs.filter((pl.col("model") == std) & (pl.col("attack") == label))["diff_pts"].max()
+        print(f"\n{label} Linf eps grid on the standard cnn: evaluator {speed:.1f}x faster than separate runs; "
+              f"max robust-acc difference (grid - separate) {diff:+.1f} points", end="")
+    print(f"\nover every model, attack and eps: max difference {accs['diff_pts'].max():+.1f} points, "
+          f"min {accs['diff_pts'].min():+.1f} points")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Shared fixtures: Ray starts once per test session, and each real sweep runs once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = Path(__file__).parent / "specs"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+class Sweep:
+    """Runs `python -m jobs.sweep` in-process (on the session's Ray) and reads what it wrote."""
+
+    def __init__(self, spec: Path, results: Path):
+        self.spec, self.results = spec, results
+
+    def run(self, capsys) -> tuple[int, str]:
+        from jobs.sweep import main
+
+        capsys.readouterr()
+        code = main([str(self.spec), "--results", str(self.results)])
+        return code, capsys.readouterr().out
+
+    def frame(self) -> pl.DataFrame:
+        return pl.read_parquet(self.results / "results.parquet")
+
+
+def _first_run(tmp_path_factory, spec_path, name):
+    sweep = Sweep(spec_path, tmp_path_factory.mktemp(name) / "results")
+    from jobs.sweep import main
+
+    code = main([str(sweep.spec), "--results", str(sweep.results)])
+    assert code == 0
+    return sweep
+
+
+@pytest.fixture(scope="session")
+def numbers_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "numbers.yaml", "numbers")
+
+
+@pytest.fixture(scope="session")
+def goodfellow_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, ROOT / "search_spaces" / "goodfellow-logreg.yaml", "goodfellow")

@@ -1,0 +1,106 @@
+"""End to end on the real data: YAML -> Ray Tune trials -> Parquet, and the numbers the spine promises."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from study.results import SCHEMA, SCHEMA_VERSION
+from study.spec import load_spec
+
+
+def robust(df: pl.DataFrame, adv: bool, attack: str, norm: str, eps: float) -> float:
+    sel = df.filter(
+        (pl.col("adv_attack").is_null() != adv) & (pl.col("attack") == attack) & (pl.col("norm") == norm) & (pl.col("eps") == eps)
+    )
+    assert sel.height == 1, sel
+    return sel["robust_acc"][0]
+
+
+def test_results_have_one_row_per_trial_and_evaluation_point(numbers_sweep):
+    spec = load_spec(numbers_sweep.spec)
+    df = numbers_sweep.frame()
+    assert df.height == spec.n_trials() * spec.rows_per_trial() == 2 * (5 + 3) * (2 + 1)  # trials x eps points x (attacks + worst)
+    assert df["row_key"].n_unique() == df.height
+    assert df["trial_id"].n_unique() == 2
+    trial_files = sorted((numbers_sweep.results / "trials").glob("*.parquet"))
+    assert len(trial_files) == 2
+    assert sum(pl.read_parquet(f).height for f in trial_files) == df.height
+
+
+def test_parquet_carries_schema_and_version(numbers_sweep):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(numbers_sweep.results / "results.parquet")
+    assert table.schema.remove_metadata() == SCHEMA.remove_metadata()
+    assert table.schema.metadata[b"advsweep.schema_version"].decode() == SCHEMA_VERSION
+
+
+def test_manifest_records_trials_and_versions(numbers_sweep):
+    manifest = json.loads((numbers_sweep.results / "manifest.json").read_text())
+    assert manifest["study"] == "numbers" and manifest["rows"] == 48
+    assert {t["status"] for t in manifest["trials"]} == {"TERMINATED"}
+    assert manifest["torch_version"] and manifest["ray_version"] and manifest["spec"]["name"] == "numbers"
+
+
+def test_standard_cnn_is_accurate_and_broken_by_pgd(numbers_sweep):
+    df = numbers_sweep.frame()
+    assert robust(df, False, "pgd", "linf", 0.0) >= 0.95  # clean accuracy
+    assert robust(df, False, "pgd", "linf", 0.3) <= 0.05
+
+
+def test_fgsm_training_buys_robustness_at_its_eps(numbers_sweep):
+    df = numbers_sweep.frame()
+    for attack in ("fgsm", "pgd"):
+        assert robust(df, True, attack, "linf", 0.1) >= robust(df, False, attack, "linf", 0.1) + 0.10
+
+
+def test_robust_accuracy_never_increases_with_eps(numbers_sweep):
+    df = numbers_sweep.frame()
+    for (_, _, _), g in df.group_by(["trial_id", "attack", "norm"]):
+        accs = g.sort("eps")["robust_acc"].to_list()
+        assert all(b <= a for a, b in zip(accs, accs[1:])), accs
+
+
+def test_pgd_at_least_as_strong_as_fgsm_and_worst_is_the_minimum(numbers_sweep):
+    df = numbers_sweep.frame()
+    wide = df.pivot(on="attack", index=["trial_id", "norm", "eps"], values="robust_acc")
+    assert (wide["pgd"] <= wide["fgsm"]).all()
+    assert (wide["worst"] <= wide["pgd"]).all() and (wide["worst"] <= wide["fgsm"]).all()
+
+
+def test_perturbations_stay_within_eps(numbers_sweep):
+    df = numbers_sweep.frame().filter(pl.col("attack") != "worst")
+    linf = df.filter(pl.col("norm") == "linf", pl.col("linf_mean").is_not_null())
+    assert (linf["linf_mean"] <= linf["eps"] + 1e-6).all()
+    l2 = df.filter(pl.col("norm") == "l2", pl.col("l2_mean").is_not_null())
+    assert (l2["l2_mean"] <= l2["eps"] + 1e-5).all()
+
+
+def test_second_run_trains_nothing_and_gives_identical_metrics(numbers_sweep, capsys):
+    before = numbers_sweep.frame()
+    code, out = numbers_sweep.run(capsys)
+    assert code == 0
+    assert "models: 0 trained, 2 from the store" in out
+    after = numbers_sweep.frame()
+    assert after["from_store"].all()
+    cols = ["row_key", "clean_acc", "robust_acc", "success_rate", "l2_mean", "linf_mean"]
+    assert before.select(cols).sort("row_key").equals(after.select(cols).sort("row_key"))
+
+
+def test_goodfellow_logreg_fgsm_error(goodfellow_sweep):
+    df = goodfellow_sweep.frame()
+    at = df.filter(pl.col("eps") == 0.25, pl.col("attack") == "fgsm")
+    assert at.height == 2 and (at["classes"] == "3,7").all()
+    assert (at["clean_acc"] >= 0.95).all()  # 3 vs 7 is easy for a linear model ...
+    assert (1 - at["robust_acc"] >= 0.90).all()  # ... and FGSM at eps .25 breaks it anyway
+
+
+@pytest.mark.parametrize("path", ["search_spaces/quickstart.yaml", "search_spaces/goodfellow-logreg.yaml"])
+def test_shipped_specs_validate(path):
+    from conftest import ROOT
+
+    spec = load_spec(ROOT / path)
+    assert spec.n_trials() >= 1 and spec.rows_per_trial() >= 1
