@@ -62,7 +62,11 @@ def param_space(spec: StudySpec) -> dict:
         "loguniform": lambda v: tune.loguniform(*v),
         "randint": lambda v: tune.randint(*v),
     }
-    return {n: a.values[0] if a.kind == "value" else domain[a.kind](a.values) for n, a in spec.train.items()}
+    choices = spec.tune_choices()
+    return {
+        n: a.values[0] if a.kind == "value" else domain[a.kind](list(choices[n]) if n in choices else a.values)
+        for n, a in spec.train.items()
+    }
 
 
 def provenance() -> dict:
@@ -128,7 +132,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
             "rows": m.get("rows"),
             "error": str(r.error).splitlines()[0] if r.error else None,
         })
-    results_path, n_rows = results.compact(results_uri)
+    results_path, table = results.compact(results_uri, [t["trial_id"] for t in trials if t["trial_id"]])
     manifest = {
         "study": spec.name,
         "spec_file": spec_path,
@@ -139,29 +143,26 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
         "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "wall_s": time.perf_counter() - t0,
-        "rows": n_rows,
+        "rows": table.num_rows,
         "trials": trials,
     }
     manifest_path = results.write_manifest(results_uri, manifest)
     if own_ray:
         ray.shutdown()
 
-    print_summary(results_path, trials, n_rows, manifest_path, results_uri)
+    print_summary(table, trials, results_path, manifest_path, results_uri)
     failed = [t for t in trials if t["status"] == "ERROR"]
     for t in failed:
         print(f"trial failed: {t['label'] or t['trial_id']}: {t['error']}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def print_summary(results_path, trials, n_rows, manifest_path, results_uri):
+def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
-    from study import fsio
-
-    fs, path = fsio.resolve(results_path) if "://" in results_path else (None, results_path)
-    df = pl.read_parquet(path) if fs is None else pl.from_arrow(results.read_table(fs, path))
+    rob = pl.from_arrow(table).filter(pl.col("evaluator") == "robustness")
     best = (
-        df.filter(pl.col("evaluator") == "robustness")
+        rob.filter(pl.col("eps") > 0)
         .sort("robust_acc", descending=True)
         .group_by(["norm", "attack", "eps"], maintain_order=True)
         .first()
@@ -169,12 +170,15 @@ def print_summary(results_path, trials, n_rows, manifest_path, results_uri):
         .select("norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model"))
     )
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
-        print("\nBest robust accuracy per attack / norm / eps:")
+        print("\nBest robust accuracy per norm / attack / eps (worst = the point must survive every attack):")
         print(best)
+    if rob.height:
+        top = rob.sort("clean_acc", descending=True).row(0, named=True)
+        print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")
     trained = sum(1 for t in trials if t["from_store"] is False)
     stored = sum(1 for t in trials if t["from_store"])
     print(f"\nmodels: {trained} trained, {stored} from the store")
-    print(f"rows: {n_rows} ({len(trials)} trials)")
+    print(f"rows: {table.num_rows} ({len(trials)} trials)")
     print(f"results: {results_path}")
     print(f"trials:  {results_uri}/trials/")
     print(f"manifest: {manifest_path}")

@@ -113,11 +113,18 @@ def read_table(fs, path: str) -> pa.Table:
     return table
 
 
-def compact(results_uri: str) -> tuple[str, int]:
-    """Merge trials/*.parquet into results.parquet (one row per row_key). Returns (path, rows)."""
+def compact(results_uri: str, trial_ids: list[str] | None = None) -> tuple[str, pa.Table]:
+    """Merge trials/*.parquet into results.parquet (one row per row_key). Returns (path, table).
+
+    With ``trial_ids``, only those trials' files: a sweep compacts exactly the trials its spec
+    defines, not files an earlier, different spec left in the same folder."""
     fs, base = fsio.resolve(results_uri)
     infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "trials"), allow_not_found=True))
-    files = sorted(f.path for f in infos if f.path.endswith(".parquet") and not f.base_name.startswith(".tmp-"))
+    files = sorted(
+        f.path
+        for f in infos
+        if f.extension == "parquet" and not f.base_name.startswith(".tmp-") and (trial_ids is None or f.base_name[: -len(".parquet")] in trial_ids)
+    )
     tables = [read_table(fs, f) for f in files]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     # A re-run rewrites a trial's file whole, so a key can only repeat across files: keep one.
@@ -128,8 +135,9 @@ def compact(results_uri: str) -> tuple[str, int]:
             first.append(i)
     table = table.take(first).sort_by([("trial_id", "ascending"), ("evaluator", "ascending"), ("norm", "ascending"), ("attack", "ascending"), ("eps", "ascending")])
     path = fsio.join(base, "results.parquet")
-    fsio.write_atomic(fs, path, _parquet_bytes(table.replace_schema_metadata(SCHEMA.metadata)))
-    return path, table.num_rows
+    table = table.replace_schema_metadata(SCHEMA.metadata)
+    fsio.write_atomic(fs, path, _parquet_bytes(table))
+    return path, table
 
 
 def write_manifest(results_uri: str, manifest: dict) -> str:

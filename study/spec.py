@@ -208,6 +208,23 @@ class StudySpec(_Strict):
             cfg.seed = self.seed
         return cfg.model_dump(mode="json")
 
+    def tune_choices(self) -> dict[str, dict[str, Any]]:
+        """Short labels for grid/choice options that are mappings or null (e.g. `adversarial`):
+        Tune sees the labels, so its progress table stays readable; ``decode`` maps them back."""
+        out = {}
+        for name, axis in self.train.items():
+            if axis.kind in ("grid", "choice") and any(v is None or isinstance(v, dict) for v in axis.values):
+                labels = [_option_label(v) for v in axis.values]
+                if len(set(labels)) < len(labels):
+                    labels = [f"{i}:{lab}" for i, lab in enumerate(labels)]
+                out[name] = dict(zip(labels, axis.values))
+        return out
+
+    def decode(self, sampled: dict) -> dict:
+        """A Tune sample with option labels replaced by the options they stand for."""
+        choices = self.tune_choices()
+        return {k: choices[k][v] if k in choices else v for k, v in sampled.items()}
+
     def n_trials(self) -> int:
         if self.grid_configs() is not None:
             return math.prod(len(a.values) for a in self.train.values()) * self.search.num_samples
@@ -216,6 +233,12 @@ class StudySpec(_Strict):
 
     def rows_per_trial(self) -> int:
         return sum(e.n_rows() for e in self.evaluate)
+
+
+def _option_label(value) -> str:
+    if value is None:
+        return "none"
+    return "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value.values() if v is not None)
 
 
 def parse_train_axes(raw) -> dict[str, Axis]:

@@ -79,10 +79,12 @@ def _tensor(a: np.ndarray, device) -> torch.Tensor:
         return torch.from_numpy(a).to(device)
 
 
-def run_trial(config: dict, data: Dataset, study: StudyContext) -> None:
+def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.report) -> None:
+    """The Tune function trainable. ``report`` is swappable so the same work can run without Tune
+    (benchmarks/sweep_overhead.py measures Tune's per-trial cost that way)."""
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    cfg = TrainConfig.model_validate(spec.resolve(config))
+    cfg = TrainConfig.model_validate(spec.resolve(spec.decode(config)))
     tid = trial_id(spec.name, cfg)
     device = torch.device("cuda" if spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
     x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
@@ -94,7 +96,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext) -> None:
     meta = store.load(key, model)
     from_store = meta is not None
     if not from_store:
-        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: tune.report({**m, "trial_id": tid}))
+        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "trial_id": tid}))
         meta = {"train_s": out["train_s"]}
         store.save(key, model, meta)
 
@@ -132,7 +134,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext) -> None:
         "clean_acc": rows[0]["clean_acc"] if rows else None,
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness"})
-    tune.report(final)
+    report(final)
 
 
 def _node_id() -> str | None:

@@ -36,9 +36,9 @@ def test_write_and_compact(tmp_path):
     results.write_trial(uri, "t2", rows("t2", [0.1]))
     results.write_trial(uri, "t1", rows("t1", [0.1, 0.2], acc=0.25))  # a re-run replaces the file whole
     (tmp_path / "res" / "trials" / ".tmp-dead-t3.parquet").write_bytes(b"half written")  # a crash leftover
-    path, n = results.compact(uri)
+    path, compacted = results.compact(uri)
     table = pq.read_table(path)
-    assert n == table.num_rows == 3
+    assert compacted.num_rows == table.num_rows == 3
     assert sorted(table.column("robust_acc").to_pylist()) == [0.25, 0.25, 0.5]
     assert table.schema.metadata[b"advsweep.schema_version"] == results.SCHEMA_VERSION.encode()
 
@@ -57,3 +57,11 @@ def test_reading_another_schema_version_fails_clearly(tmp_path):
 def test_docs_table_matches_schema():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "results-schema.md").read_text()
     assert results.schema_markdown() in doc
+
+
+def test_compact_can_keep_only_this_sweeps_trials(tmp_path):
+    uri = str(tmp_path / "res")
+    results.write_trial(uri, "old", rows("old", [0.1]))
+    results.write_trial(uri, "new", rows("new", [0.1, 0.2]))
+    path, compacted = results.compact(uri, ["new"])
+    assert compacted.num_rows == 2 and set(pq.read_table(path).column("trial_id").to_pylist()) == {"new"}
