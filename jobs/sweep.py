@@ -123,7 +123,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
     for r in grid:
         m = r.metrics or {}
         trials.append({
-            "trial_id": m.get("trial_id"),
+            "trial_id": m.get("advsweep_trial_id"),
             "label": m.get("label"),
             "status": "ERROR" if r.error else "TERMINATED",
             "from_store": m.get("from_store"),

@@ -112,8 +112,8 @@ def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Datase
             f"data.root: no {name} files under {root / cls_name / 'raw'} ({e}); "
             "point data.root at a folder holding them, or set data.download: true where there is internet"
         ) from None
-    except OSError as e:
-        raise DataError(f"data.root: cannot read {name} under {root}: {e}") from None
+    except Exception as e:  # truncated or foreign files: torchvision raises whatever its parser hits
+        raise DataError(f"data.root: cannot read the {name} files under {root / cls_name / 'raw'}: {type(e).__name__}: {e}") from None
 
     def images(d):
         return (d.data.numpy().astype(np.float32) / 255.0)[:, None]

@@ -133,7 +133,7 @@ def compact(results_uri: str, trial_ids: list[str] | None = None) -> tuple[str, 
         if key not in seen:
             seen.add(key)
             first.append(i)
-    table = table.take(first).sort_by([("trial_id", "ascending"), ("evaluator", "ascending"), ("norm", "ascending"), ("attack", "ascending"), ("eps", "ascending")])
+    table = table.take(pa.array(first, type=pa.int64())).sort_by([("trial_id", "ascending"), ("evaluator", "ascending"), ("norm", "ascending"), ("attack", "ascending"), ("eps", "ascending")])
     path = fsio.join(base, "results.parquet")
     table = table.replace_schema_metadata(SCHEMA.metadata)
     fsio.write_atomic(fs, path, _parquet_bytes(table))

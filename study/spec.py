@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study import models
 from study.attacks import ATTACKS
@@ -27,9 +27,18 @@ from study.norms import NORMS
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits")
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
-NonNegFloat = Annotated[float, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-PosInt = Annotated[int, Field(gt=0)]
+
+
+def _not_bool(v):
+    # pydantic would read `true` as 1; a boolean where a number belongs is a mistake in a spec.
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not true/false")
+    return v
+
+
+NonNegFloat = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
+PosFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+PosInt = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
 
 
 class SpecError(ValueError):
@@ -42,7 +51,7 @@ class _Strict(BaseModel):
 
 class DataSpec(_Strict):
     dataset: Literal[DATASETS] = "mnist-5k"
-    classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = None
+    classes: Optional[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=9)]]] = None
     n_eval: Optional[PosInt] = None  # evaluate on the first n_eval test images (all when null)
     root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw
     download: bool = False
@@ -59,7 +68,7 @@ class AdversarialTraining(_Strict):
     attack: Literal["fgsm", "pgd"]
     norm: Literal[tuple(NORMS)]
     eps: NonNegFloat
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # weight of the clean loss
+    alpha: Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)] = 0.5  # weight of the clean loss
     steps: Optional[PosInt] = None  # pgd only; default 10
     step_size: Optional[PosFloat] = None  # relative to eps
 
@@ -79,7 +88,7 @@ class TrainConfig(_Strict):
     batch_size: PosInt = 64
     weight_decay: NonNegFloat = 0.0  # L2 coefficient: gradient += weight_decay * w
     adversarial: Optional[AdversarialTraining] = None
-    seed: Optional[int] = None  # defaults to the study seed
+    seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
 
     @field_validator("model")
     @classmethod
@@ -167,7 +176,7 @@ class StudySpec(_Strict):
     resources: Resources = Resources()
     results: Optional[str] = None  # local path or pyarrow.fs URI; default results/<name>
     store: Optional[str] = None  # model store; default: `store` beside the results folder
-    seed: int = 0
+    seed: Annotated[int, BeforeValidator(_not_bool)] = 0
 
     @field_validator("train", mode="before")
     @classmethod
@@ -365,6 +374,8 @@ def load_spec(path: str | Path) -> StudySpec:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read: {e.strerror}") from None
     try:
@@ -372,5 +383,6 @@ def load_spec(path: str | Path) -> StudySpec:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise SpecError(f"{path}: invalid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+        what = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever PyYAML says
+        raise SpecError(f"{path}: invalid YAML: {where}{what}") from None
     return parse_spec(raw, path)

@@ -96,7 +96,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     meta = store.load(key, model)
     from_store = meta is not None
     if not from_store:
-        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "trial_id": tid}))
+        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "advsweep_trial_id": tid}))
         meta = {"train_s": out["train_s"]}
         store.save(key, model, meta)
 
@@ -125,7 +125,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     results.write_trial(study.results_uri, tid, rows)
 
     final = {
-        "trial_id": tid,
+        "advsweep_trial_id": tid,  # Tune fills its own `trial_id` into every result
         "label": common["label"],
         "from_store": from_store,
         "train_s": meta["train_s"],

@@ -122,6 +122,8 @@ CASES = [
     ("grid-not-a-list", _set(("train", "weight_decay"), {"grid": 0.1}), "train.weight_decay.grid"),
     ("epochs-string", _set(("train", "epochs"), "five"), "train.epochs"),
     ("epochs-zero", _set(("train", "epochs"), 0), "train.epochs"),
+    ("epochs-bool", _set(("train", "epochs"), True), "train.epochs"),
+    ("eps-bool", _set(("evaluate", 0, "norms", "linf", "eps"), [0, True]), "evaluate[0].norms.linf.eps[1]"),
     ("lr-grid-negative", _set(("train", "lr"), {"grid": [1e-3, -1e-3]}), "train.lr.grid[1]"),
     ("unknown-model", _set(("train", "model"), "resnet50"), "train.model"),
     ("unknown-model-in-grid", _set(("train", "model"), {"grid": ["cnn", "resnet50"]}), "train.model.grid[1]"),

@@ -101,7 +101,10 @@ class GradientAttack:
                     xa = xa + _col(self.step_size * eps[active], xa) * norm.ascent_direction(grad)
                     delta = norm.project(xa - x[active], eps[active])
                     xa = (x[active] + delta).clamp(0, 1)
-                x_adv[active] = xa.detach()
+                # Survivors keep their last iterate; rows fooled on the way (directly or through the
+                # ladder) already hold their adversarial.
+                alive = ~fooled[active]
+                x_adv[active[alive]] = xa.detach()[alive]
         return AttackResult(x_adv, fooled)
 
 

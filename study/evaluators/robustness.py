@@ -70,12 +70,15 @@ def attack_grid(model, x, y, grid, norm, attack, generator, batch_rows=8192):
     return fooled, deltas
 
 
-def attack_each_eps_separately(model, x, y, grid, norm, attack, generator):
+def attack_each_eps_separately(model, x, y, grid, norm, attack, seed: int):
     """The reference way (as with other attack libraries): a full attack at every eps on its
-    own, keeping each final iterate. Returns ``fooled`` (P x L bool). Used by the benchmark and
-    the tests that check ``attack_grid`` is never weaker."""
+    own, keeping each final iterate. Every eps starts from a generator seeded with ``seed``, so
+    its random starts are those ``attack_grid`` draws from the same seed. Returns ``fooled``
+    (P x L bool). Used by the benchmark and by the tests that check ``attack_grid`` is never
+    weaker."""
     cols = []
     for eps in grid:
+        generator = torch.Generator(device=x.device).manual_seed(seed)
         x_adv = attack.run(model, x, y, eps, norm, early_stop=False, generator=generator).x_adv
         cols.append((predict(model, x_adv) != y).cpu())
     return torch.stack(cols, dim=1)
