@@ -1,15 +1,21 @@
 """First-order attacks: FGSM, BIM (iterative FGSM, a.k.a. IGS) and PGD with random starts.
 
-One loop serves all three. It takes a per-row ``eps`` tensor and, for evaluation, two
-optional per-row tensors that make a whole epsilon grid one batched call:
+One loop serves all three. ``eps`` is per point: shape (N,) for one radius each, or (N, L) for
+an ascending ladder of radii each, so a whole epsilon grid is one batched call. With
+``early_stop`` (evaluation) the loop is cheap where that is exact:
 
-* ``group``: which original point a row belongs to (rows of one point differ only in eps);
-* ``level``: the rank of the row's eps within its point's grid (higher level, larger eps).
+* a point leaves the batch as soon as an iterate is misclassified, keeping that adversarial;
+* along a ladder, only a point that survives eps_i (every step of every restart) is attacked
+  at eps_i+1: an adversarial found at distance d from the point (in the threat norm) lies in
+  every ball of radius >= d, so it counts as a success at each such eps, larger or smaller;
+* without a random start, a point's first step is the same at every eps (it starts at x), so
+  that gradient is computed once per point, not once per eps;
+* batches are refilled with waiting points as others finish, so they stay full.
 
-With ``early_stop`` a row leaves the batch as soon as its iterate is misclassified (that
-adversarial is kept), and a row fooled at level i also fools every row of its point at
-level >= i: the same adversarial lies inside every larger ball. Only survivors keep being
-attacked, so results are the same as or stronger than full separate runs per eps.
+An eps the loop attacks follows exactly the trajectory of a separate run at that eps, random
+starts included: one unit-ball sample per point and restart, drawn up front in the same order
+as a separate run draws them, scaled by the eps. So results are the same as or stronger than
+full separate runs per eps, point by point.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import torch.nn.functional as F
 
 @dataclass
 class AttackResult:
-    x_adv: torch.Tensor  # (B, ...) adversarial inputs in [0, 1], within eps of x
-    fooled: torch.Tensor  # (B,) bool: x_adv is misclassified
+    x_adv: torch.Tensor  # (N, ...) in [0, 1]: the closest adversarial found per point, else its last iterate
+    fooled: torch.Tensor  # bool, shaped like eps: x_adv is misclassified and within that eps
 
 
 @contextlib.contextmanager
@@ -52,84 +58,137 @@ class GradientAttack:
     restarts: int = 1
 
     def __call__(self, model, x, y, eps, norm, *, generator=None) -> torch.Tensor:
-        """Plain attack (training use): the final iterate of every row, no early stop."""
+        """Plain attack (training use): the final iterate of every point, no early stop."""
         return self.run(model, x, y, eps, norm, early_stop=False, generator=generator).x_adv
 
-    def run(self, model, x, y, eps, norm, *, early_stop=True, group=None, level=None, generator=None) -> AttackResult:
-        if not early_stop and self.restarts != 1:
-            raise ValueError("restarts > 1 needs early_stop (which restart's iterate to keep is otherwise undefined)")
-        n = len(x)
-        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(n).contiguous()
-        group = torch.arange(n, device=x.device) if group is None else group
-        level = torch.zeros(n, dtype=torch.long, device=x.device) if level is None else level
-        ladder = _Ladder(group, level)
-        x_adv = x.detach().clone()
-        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-
+    def run(self, model, x, y, eps, norm, *, early_stop=True, generator=None, max_rows=None) -> AttackResult:
+        """Attack every point; ``max_rows`` bounds the batch (all points at once when None)."""
+        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        ladder = eps.dim() == 2
+        if not early_stop and (self.restarts != 1 or ladder):
+            raise ValueError("restarts > 1 and eps ladders need early_stop (which iterate to keep is otherwise undefined)")
+        eps = eps if ladder else eps.expand(len(x))[:, None]
         with frozen(model):
-            for _ in range(self.restarts):
-                active = (~fooled).nonzero().squeeze(1)
-                if active.numel() == 0:
-                    break
-                xa = x[active]
-                if self.random_start:
-                    # One unit-ball sample per point, scaled by each row's eps: every row of a
-                    # point starts at the same relative position, as separate runs would.
-                    unit = norm.unit_ball_sample((ladder.n_groups, *x.shape[1:]), generator, x.dtype, x.device)
-                    start = norm.project(unit[group[active]] * _col(eps[active], xa), eps[active])
-                    xa = (xa + start).clamp(0, 1)
-                for t in range(self.steps + 1):
-                    last = t == self.steps
-                    if last and not early_stop:
-                        break
-                    xa = xa.detach().requires_grad_(not last)
-                    with torch.set_grad_enabled(not last):
-                        logits = model(xa)
-                    if early_stop:
-                        wrong = logits.argmax(1) != y[active]
-                        if wrong.any():
-                            ladder.mark(active[wrong], xa.detach()[wrong], x_adv, fooled)
-                        keep = ~fooled[active]
-                    if last:
-                        break
-                    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y[active]), xa)
-                    xa = xa.detach()
-                    if early_stop:
-                        xa, grad, active = xa[keep], grad[keep], active[keep]
-                        if active.numel() == 0:
-                            break
-                    xa = xa + _col(self.step_size * eps[active], xa) * norm.ascent_direction(grad)
-                    delta = norm.project(xa - x[active], eps[active])
-                    xa = (x[active] + delta).clamp(0, 1)
-                # Survivors keep their last iterate; rows fooled on the way (directly or through the
-                # ladder) already hold their adversarial.
-                alive = ~fooled[active]
-                x_adv[active[alive]] = xa.detach()[alive]
-        return AttackResult(x_adv, fooled)
+            state = _Ladders(self, model, x, y, eps.contiguous(), norm, generator, early_stop)
+            state.run(max_rows or len(x))
+        return AttackResult(state.x_adv, state.fooled if ladder else state.fooled[:, 0])
 
 
-class _Ladder:
-    """Propagates a success at one eps to the larger eps of the same point."""
+class _Ladders:
+    """The attack loop's state: one active row per point in flight, at (level, restart, step)."""
 
-    def __init__(self, group: torch.Tensor, level: torch.Tensor):
-        self.group, self.level = group, level
-        self.n_groups = int(group.max()) + 1 if len(group) else 0
-        n_levels = int(level.max()) + 1 if len(level) else 0
-        self.row_of = torch.full((self.n_groups, n_levels), -1, dtype=torch.long, device=group.device)
-        self.row_of[group, level] = torch.arange(len(group), device=group.device)
-        self.broken = torch.full((self.n_groups,), n_levels, dtype=torch.long, device=group.device)
+    def __init__(self, attack, model, x, y, eps, norm, generator, early_stop):
+        self.attack, self.model, self.x, self.y, self.eps, self.norm = attack, model, x, y, eps, norm
+        self.early_stop = early_stop
+        n, dev = len(x), x.device
+        # One unit-ball sample per restart and point, drawn as a separate run would draw them.
+        self.units = (
+            torch.stack([norm.unit_ball_sample((n, *x.shape[1:]), generator, x.dtype, dev) for _ in range(attack.restarts)])
+            if attack.random_start
+            else None
+        )
+        self.level = torch.zeros(n, dtype=torch.long, device=dev)  # index into the point's eps ladder
+        self.restart = torch.zeros(n, dtype=torch.long, device=dev)
+        self.x_adv = x.detach().clone()
+        self.fooled = torch.zeros(eps.shape, dtype=torch.bool, device=dev)
+        self.first_grad = None if attack.random_start else torch.empty_like(x)
+        self.first_known = torch.zeros(n, dtype=torch.bool, device=dev)
 
-    def mark(self, rows, advs, x_adv, fooled):
-        x_adv[rows] = advs
-        fooled[rows] = True
-        self.broken.scatter_reduce_(0, self.group[rows], self.level[rows], reduce="amin")
-        lowest = self.broken[self.group]
-        inherit = (~fooled & (self.level >= lowest)).nonzero().squeeze(1)
-        if inherit.numel():
-            source = self.row_of[self.group[inherit], lowest[inherit]]
-            x_adv[inherit] = x_adv[source]
-            fooled[inherit] = True
+    def start(self, pts):
+        """Iterates at step 0 for points ``pts`` at their current level and restart."""
+        xa = self.x[pts]
+        if self.units is None:
+            return xa
+        eps = self.eps[pts, self.level[pts]]
+        unit = self.units[self.restart[pts], pts]
+        return (xa + self.norm.project(unit * _col(eps, xa), eps)).clamp(0, 1)
 
+    def run(self, max_rows):
+        steps = self.attack.steps
+        waiting = torch.arange(len(self.x), device=self.x.device)
+        pts = waiting[:0]  # the points in flight, one row each, at step t of their current attempt
+        t = waiting[:0]
+        xa = self.x[:0]
+        while True:
+            if len(pts) < max_rows and len(waiting):  # refill the batch
+                new, waiting = waiting[: max_rows - len(pts)], waiting[max_rows - len(pts) :]
+                pts, t, xa = torch.cat([pts, new]), torch.cat([t, torch.zeros_like(new)]), torch.cat([xa, self.start(new)])
+            if not len(pts):
+                return
+            stepping = t < steps
+            wrong, grad = self.check_and_grad(pts, t, xa, stepping)
+            done = wrong.clone()
+            if wrong.any():
+                self.record(pts[wrong], xa[wrong])
+            finished = ~stepping & ~done
+            if finished.any():  # survived every step of this attempt
+                done |= self.advance(pts, t, xa, finished)
+            moving = (stepping & ~done).nonzero().squeeze(1)
+            xa[moving] = self.step(pts[moving], xa[moving], grad[moving])
+            t[moving] += 1
+            pts, t, xa = pts[~done], t[~done], xa[~done]
+
+    def check_and_grad(self, pts, t, xa, stepping):
+        """Which rows' iterates are misclassified (when early_stop), and the input gradient of the
+        mean cross-entropy for the rows still stepping."""
+        wrong = torch.zeros_like(stepping)
+        grad = torch.zeros_like(xa)
+        g = stepping.nonzero().squeeze(1)
+        if self.first_grad is not None:
+            # A point starts every eps at x: its first gradient was taken (and x checked) at the
+            # lowest eps; reuse it for the higher ones.
+            known = (t[g] == 0) & self.first_known[pts[g]]
+            grad[g[known]] = self.first_grad[pts[g[known]]]
+            g = g[~known]
+        if len(g):
+            rows = xa[g].detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = self.model(rows)
+                grad[g] = torch.autograd.grad(F.cross_entropy(out, self.y[pts[g]]), rows)[0]
+            if self.early_stop:
+                wrong[g] = out.argmax(1) != self.y[pts[g]]
+            if self.first_grad is not None:
+                first = g[t[g] == 0]
+                self.first_grad[pts[first]] = grad[first]
+                self.first_known[pts[first]] = True
+        rest = (~stepping).nonzero().squeeze(1)
+        if self.early_stop and len(rest):
+            with torch.no_grad():
+                wrong[rest] = self.model(xa[rest]).argmax(1) != self.y[pts[rest]]
+        return wrong, grad
+
+    def step(self, pts, xa, grad):
+        eps = self.eps[pts, self.level[pts]]
+        xa = xa + _col(self.attack.step_size * eps, xa) * self.norm.ascent_direction(grad)
+        delta = self.norm.project(xa - self.x[pts], eps)
+        return (self.x[pts] + delta).clamp(0, 1)
+
+    def record(self, pts, advs):
+        """A point's first success ends its attack: the adversarial, at distance d from the point,
+        counts at every eps >= d of its ladder (the larger ones, and any smaller one >= d)."""
+        dist = self.norm.measure(advs - self.x[pts])
+        self.x_adv[pts] = advs
+        levels = torch.arange(self.eps.shape[1], device=pts.device)
+        # At its own eps and above by construction (the measured distance may exceed that eps by
+        # rounding); below it wherever the measured distance fits.
+        self.fooled[pts] = (levels >= self.level[pts, None]) | (self.eps[pts] >= dist[:, None])
+
+    def advance(self, pts, t, xa, finished):
+        """Rows that survived an attempt move to their next restart, else their next eps, else
+        they are done (keeping the last iterate). Updates t and xa in place; returns done."""
+        i = finished.nonzero().squeeze(1)
+        p = pts[i]
+        next_level = self.restart[p] == self.attack.restarts - 1
+        over = next_level & (self.level[p] == self.eps.shape[1] - 1)
+        self.x_adv[p[over]] = xa[i[over]]
+        done = torch.zeros_like(finished)
+        done[i[over]] = True
+        i, p, next_level = i[~over], p[~over], next_level[~over]
+        self.level[p] += next_level.long()
+        self.restart[p] = torch.where(next_level, 0, self.restart[p] + 1)
+        t[i] = 0
+        xa[i] = self.start(p)
+        return done
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
