@@ -163,7 +163,7 @@ class Resources(_Strict):
 class Axis(BaseModel):
     """One training axis: a plain value or a Tune domain, with JSON-ready values."""
 
-    kind: Literal["value", *DOMAINS]
+    kind: Literal[("value",) + DOMAINS]
     values: list[Any]
 
 
