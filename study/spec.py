@@ -116,7 +116,7 @@ class RobustnessEval(_Strict):
     steps: PosInt = 10  # bim and pgd
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
     restarts: PosInt = 1  # pgd
-    batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 512 on CPU, 16384 on GPU
+    batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
 
     @model_validator(mode="after")
     def _checks(self):

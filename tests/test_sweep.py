@@ -104,3 +104,28 @@ def test_shipped_specs_validate(path):
 
     spec = load_spec(ROOT / path)
     assert spec.n_trials() >= 1 and spec.rows_per_trial() >= 1
+
+
+def test_corrupt_stored_model_is_retrained_not_used(numbers_sweep, capsys):
+    before = numbers_sweep.frame()
+    stored = sorted((numbers_sweep.results.parent / "store" / "models").glob("*.pt"))
+    assert len(stored) == 2
+    stored[0].write_bytes(stored[0].read_bytes()[:1000])  # a truncated checkpoint
+    code, out = numbers_sweep.run(capsys)
+    assert code == 0
+    assert "models: 1 trained, 1 from the store" in out
+    cols = ["row_key", "robust_acc"]
+    assert before.select(cols).sort("row_key").equals(numbers_sweep.frame().select(cols).sort("row_key"))
+
+
+def test_random_search_samples_training_axes(ray_session, tmp_path, capsys):
+    from conftest import SPECS, Sweep
+
+    sweep = Sweep(SPECS / "random.yaml", tmp_path / "results")
+    code, out = sweep.run(capsys)
+    assert code == 0
+    df = sweep.frame()
+    trials = df.unique("trial_id")
+    assert trials.height == 4 and df.height == 4 * 2 * 2
+    assert trials["weight_decay"].is_between(1e-5, 1e-2).all() and trials["weight_decay"].n_unique() == 4
+    assert set(trials["model"]) <= {"logreg", "mlp"} and trials["epochs"].is_between(1, 3).all()

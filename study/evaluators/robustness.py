@@ -54,7 +54,7 @@ def attack_grid(model, x, y, grid, norm, attack, generator, batch_rows=None):
     """
     if not grid or not len(y):
         return torch.zeros(len(y), len(grid), dtype=torch.bool), {"l2": torch.zeros(len(y)), "linf": torch.zeros(len(y))}
-    batch_rows = batch_rows or (16384 if x.is_cuda else 512)
+    batch_rows = batch_rows or (16384 if x.is_cuda else 256)
     eps = torch.tensor(grid, dtype=x.dtype, device=x.device).expand(len(y), len(grid))
     res = attack.run(model, x, y, eps, norm, generator=generator, max_rows=batch_rows)
     delta = res.x_adv - x
