@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: $(VENV)/.installed
 	$(PY) -m jobs.sweep search_spaces/quickstart.yaml
+	$(PY) -m analysis.report results/quickstart
 
+# The report test opens the report in headless Chromium (Debian's package) with no network.
 test: $(VENV)/.installed
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the report's browser test will be skipped"
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

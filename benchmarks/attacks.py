@@ -14,19 +14,19 @@ trained with alpha 0.5), each trained here in-process with the quickstart's seed
    (40 for PGD-40, 1 for FGSM). 1.00 means the attack costs exactly its forward/backward passes;
    anything above is overhead (random start, sign/normalise, projection, clamping).
 
-2. The quickstart's Linf eps grid (0.05 ... 0.3) for FGSM, BIM-10, PGD-10 and PGD-40, evaluated
+2. The quickstart's Linf eps grid (0.05 ... 0.3) for FGSM, BIM-20, PGD-20 and PGD-40, evaluated
    on the same points (those the model classifies correctly, as the evaluator does) three ways:
    ``grid``: ``attack_grid``, the evaluator (the grid as batches of (point, eps) rows; a row
    leaves on success; an adversarial at distance d counts for every eps >= d; shared first step
    without random start; ``batch_rows`` at its CPU default);
    ``separate``: ``attack_each_eps_separately``, a full attack at each eps on its own over the
    whole batch of points, final iterate kept (what users of other attack libraries do);
-   ``separate_512``: the same in batches of 512 points (the per-row cost of the grid's batches,
-   so ``speedup_512`` is what the algorithm alone saves).
+   ``separate_256``: the same in batches of 256 points (the per-row cost of the grid's batches,
+   so ``speedup_256`` is what the algorithm alone saves).
 
    How to read ``speedup``: separate time / grid time (> 1: the evaluator is faster);
    ``work_ratio``: rows put through forward + backward, separate / grid. The row ``quickstart``
-   adds FGSM, BIM-10 and PGD-10: the quickstart evaluator's Linf work for one model.
+   adds FGSM, BIM-20 and PGD-20: the quickstart evaluator's Linf work for one model.
    The table "cost of one forward + backward per row, by batch size" explains why batch size
    matters on a CPU. ``diff_pts`` is robust accuracy (correct and not fooled, over all ``--n``
    images) of the evaluator minus that of the separate runs, in percentage points; <= 0 means the
@@ -71,10 +71,10 @@ SINGLE_ATTACKS = [  # (label, attack name, steps, norm, eps)
     ("pgd-40", "pgd", 40, Linf, 0.1),
     ("pgd-40", "pgd", 40, L2, 1.0),
 ]
-GRID_ATTACKS = [("fgsm", "fgsm", None), ("bim-10", "bim", 10), ("pgd-10", "pgd", 10), ("pgd-40", "pgd", 40)]
+GRID_ATTACKS = [("fgsm", "fgsm", None), ("bim-20", "bim", 20), ("pgd-20", "pgd", 20), ("pgd-40", "pgd", 40)]
 BARE_STEPS = 40
-SEPARATE_BATCH = 512  # points per batch of the cache-friendly separate runs
-QUICKSTART = ("fgsm", "bim-10", "pgd-10")  # the quickstart evaluator's attacks
+SEPARATE_BATCH = 256  # points per batch of the cache-friendly separate runs (the evaluator's CPU batch)
+QUICKSTART = ("fgsm", "bim-20", "pgd-20")  # the quickstart evaluator's attacks
 
 
 REPEATS = 3  # set from --repeats in main
@@ -182,9 +182,9 @@ def grid_vs_separate(name, model, x, y):
             (ours, _), ours_s = timed(attack_grid, model, xc, yc, LINF_GRID, Linf, attack, torch.Generator().manual_seed(0))
         with counting_rows(model) as sep_rows:
             sep, sep_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, 0)
-        _, sep512_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, 0, SEPARATE_BATCH)
+        _, sep256_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, 0, SEPARATE_BATCH)
         timing.append(dict(model=name, attack=label, points=n_correct, grid_s=ours_s, separate_s=sep_s,
-                           separate_512_s=sep512_s, grid_rows=ours_rows["grad"] // REPEATS,
+                           separate_256_s=sep256_s, grid_rows=ours_rows["grad"] // REPEATS,
                            separate_rows=sep_rows["grad"] // REPEATS))
         for j, eps in enumerate(LINF_GRID):
             ra_ours = (n_correct - int(ours[:, j].sum())) / n
@@ -196,7 +196,7 @@ def grid_vs_separate(name, model, x, y):
                        how="diagonal")
     timing = timing.with_columns(
         speedup=pl.col("separate_s") / pl.col("grid_s"),
-        speedup_512=pl.col("separate_512_s") / pl.col("grid_s"),
+        speedup_256=pl.col("separate_256_s") / pl.col("grid_s"),
         work_ratio=pl.col("separate_rows") / pl.col("grid_rows"),
     )
     return timing, accs
@@ -223,7 +223,7 @@ def main(argv=None):
          f"(bare loop time per step x attack steps):", pl.DataFrame(rows))
 
     n_grid = len(LINF_GRID) * len(y)
-    cost = [r for name, model in models.items() for r in per_row_cost(name, model, x, y, [128, 512, len(y), n_grid])]
+    cost = [r for name, model in models.items() for r in per_row_cost(name, model, x, y, [128, 256, 512, len(y), n_grid])]
     show(f"Cost of one forward + backward per row, by batch size ({n_grid} = the whole grid in one batch):", pl.DataFrame(cost))
 
     timings, accs = [], []
@@ -233,17 +233,17 @@ def main(argv=None):
         accs += a
     timing, accs = pl.concat(timings), pl.DataFrame(accs)
     show(f"Linf eps grid {LINF_GRID}: evaluator (grid) vs a full attack per eps (separate: whole batch; "
-         f"separate_512: batches of {SEPARATE_BATCH});\nspeedup = separate_s / grid_s, speedup_512 = separate_512_s / grid_s, "
+         f"separate_256: batches of {SEPARATE_BATCH});\nspeedup = separate_s / grid_s, speedup_256 = separate_256_s / grid_s, "
          "work_ratio = forward+backward rows, separate / grid:", timing)
     for name in models:
         show(f"Robust accuracy, {name} (over {len(y)} images); diff_pts = grid - separate:",
              accs.filter(pl.col("model") == name).drop("model"))
 
     std = next(iter(models))
-    for label in ("quickstart", "pgd-10", "pgd-40"):
+    for label in ("quickstart", "pgd-20", "pgd-40"):
         row = timing.filter((pl.col("model") == std) & (pl.col("attack") == label)).row(0, named=True)
         print(f"\nstandard cnn, Linf eps grid, {label}: evaluator {row['speedup']:.2f}x as fast as separate runs "
-              f"({row['speedup_512']:.2f}x vs separate runs in batches of {SEPARATE_BATCH}; {row['work_ratio']:.2f}x fewer "
+              f"({row['speedup_256']:.2f}x vs separate runs in batches of {SEPARATE_BATCH}; {row['work_ratio']:.2f}x fewer "
               "forward+backward rows)", end="")
     print(f"\nrobust accuracy, grid - separate, over every model, attack and eps: max {accs['diff_pts'].max():+.1f} points, "
           f"min {accs['diff_pts'].min():+.1f} points")
