@@ -19,7 +19,15 @@ def _per_sample(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return eps.reshape(-1, *([1] * (like.dim() - 1))).to(like)
 
 
-class Linf:
+class _Norm:
+    @classmethod
+    def random_start(cls, shape, eps, generator=None) -> torch.Tensor:
+        """A point uniform in each row's eps-ball (the unit-ball sample scaled by eps)."""
+        u = cls.unit_ball_sample(shape, generator, eps.dtype, eps.device)
+        return u * _per_sample(eps, u)
+
+
+class Linf(_Norm):
     name = "linf"
     p = math.inf
 
@@ -37,17 +45,12 @@ class Linf:
         # The Linf ball is a cube: independent uniform coordinates fill it uniformly.
         return torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1
 
-    @classmethod
-    def random_start(cls, shape, eps, generator=None) -> torch.Tensor:
-        u = cls.unit_ball_sample(shape, generator, eps.dtype, eps.device)
-        return u * _per_sample(eps, u)
-
     @staticmethod
     def measure(delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).abs().amax(dim=1)
 
 
-class L2:
+class L2(_Norm):
     name = "l2"
     p = 2.0
 
@@ -70,11 +73,6 @@ class L2:
         direction = g / _per_sample(g.flatten(1).norm(dim=1).clamp_min(_TINY), g)
         radius = torch.rand(shape[0], generator=generator, dtype=dtype, device=device) ** (1.0 / d)
         return direction * _per_sample(radius, g)
-
-    @classmethod
-    def random_start(cls, shape, eps, generator=None) -> torch.Tensor:
-        u = cls.unit_ball_sample(shape, generator, eps.dtype, eps.device)
-        return u * _per_sample(eps, u)
 
     @staticmethod
     def measure(delta: torch.Tensor) -> torch.Tensor:
