@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study import fsio, results
+from study.spec import adversarial_name
 
 ADV_COLUMNS = ("adv_attack", "adv_norm", "adv_eps", "adv_alpha")
 # The spec's training axes as result columns (`adversarial` stands for the four adv_* columns).
@@ -68,13 +69,6 @@ def _trial_files(fs: pafs.FileSystem, base: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "trials"), allow_not_found=True))
     # .tmp-* files are writes in progress (study.fsio.write_atomic), never complete results.
     return sorted(f.path for f in infos if f.extension == "parquet" and not f.base_name.startswith(".tmp-"))
-
-
-def adversarial_name(attack: str | None, norm: str | None, eps: float | None, alpha: float | None) -> str:
-    """The adversarial-training axis as study.trial.label spells it."""
-    if attack is None:
-        return "none"
-    return f"{attack}-{norm}-{eps:g}" + (f"-a{alpha:g}" if alpha is not None and alpha != 0.5 else "")
 
 
 def _with_adversarial(frame: pl.DataFrame) -> pl.DataFrame:

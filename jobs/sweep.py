@@ -160,14 +160,11 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
+    from analysis.frontier import best_per_point
+
     rob = pl.from_arrow(table).filter(pl.col("evaluator") == "robustness")
-    best = (
-        rob.filter(pl.col("eps") > 0)
-        .sort("robust_acc", descending=True)
-        .group_by(["norm", "attack", "eps"], maintain_order=True)
-        .first()
-        .sort(["norm", "attack", "eps"])
-        .select("norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model"))
+    best = best_per_point(rob).select(
+        "norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
     )
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         print("\nBest robust accuracy per norm / attack / eps (worst = the point must survive every attack):")

@@ -79,6 +79,14 @@ class AdversarialTraining(_Strict):
         return self
 
 
+def adversarial_name(attack: str | None, norm: str | None, eps: float | None, alpha: float | None) -> str:
+    """The adversarial-training axis in one short string, as labels and analysis spell it:
+    ``none``, or ``fgsm-linf-0.1`` (with ``-a<alpha>`` when alpha is not the default 0.5)."""
+    if attack is None:
+        return "none"
+    return f"{attack}-{norm}-{eps:g}" + (f"-a{alpha:g}" if alpha is not None and alpha != 0.5 else "")
+
+
 class TrainConfig(_Strict):
     """One trial's resolved training configuration: everything that determines the model."""
 

@@ -19,7 +19,7 @@ from ray import tune
 
 from study import evaluators, results
 from study.data import Dataset
-from study.spec import StudySpec, TrainConfig
+from study.spec import StudySpec, TrainConfig, adversarial_name
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -47,7 +47,7 @@ def label(cfg: TrainConfig, swept: list[str]) -> str:
             continue
         value = getattr(cfg, name)
         if name == "adversarial":
-            value = "none" if value is None else f"{value.attack}-{value.norm}-{value.eps:g}" + (f"-a{value.alpha:g}" if value.alpha != 0.5 else "")
+            value = adversarial_name(value.attack, value.norm, value.eps, value.alpha) if value else "none"
             name = "adv"
         elif name == "weight_decay":
             name = "wd"

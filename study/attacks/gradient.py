@@ -190,6 +190,7 @@ class _Ladders:
         xa[i] = self.start(p)
         return done
 
+
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
