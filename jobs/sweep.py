@@ -1,12 +1,15 @@
-"""Run a study: ``python -m jobs.sweep SPEC [--results URI] [--dry-run]``.
+"""Run a study: ``python -m jobs.sweep SPEC [--results URI] [--resume] [--dry-run]``.
 
 The same command runs on a laptop (embedded Ray) and as the ``ray job submit`` entry point
 (``ray.init()`` honours RAY_ADDRESS). Exit status: 0 done, 1 some trial failed, 2 bad input.
+``--resume`` continues an interrupted sweep from Tune's experiment state under
+``<results>/tune/<study>``: finished trials are not run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -14,16 +17,19 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from study import __version__, data, results
+from study import __version__, data, fsio, results
 from study.data import DataError
 from study.spec import SpecError, StudySpec, load_spec
 from study.store import ModelStore, model_key
+
+SPEC_FILE = "spec.json"  # the resolved spec a sweep started with; --resume checks it is unchanged
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.splitlines()[0])
     p.add_argument("spec", help="search space YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--results", help="results folder or URI (overrides the spec's `results`)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this spec and results folder")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     return p.parse_args(argv)
 
@@ -37,7 +43,39 @@ def prepare(args) -> tuple[StudySpec, data.Dataset]:
         ds = data.load(spec.data)
     except DataError as e:
         raise SpecError(f"{args.spec}: {e}") from None
+    if args.resume:
+        check_resumable(spec, args.spec)
     return spec, ds
+
+
+def experiment_path(spec: StudySpec) -> str:
+    return fsio.join(absolute(spec.results_uri), "tune", spec.name)
+
+
+def check_resumable(spec: StudySpec, spec_path: str) -> None:
+    """--resume needs Tune's state of an earlier run of the same spec in the same folder."""
+    from ray import tune
+
+    path = experiment_path(spec)
+    if not tune.Tuner.can_restore(path):
+        raise SpecError(f"{spec_path}: --resume: no interrupted sweep to resume in {spec.results_uri} (no Tune experiment state under tune/{spec.name})")
+    fs, base = fsio.resolve(absolute(spec.results_uri))
+    saved = fsio.join(base, SPEC_FILE)
+    if fsio.exists(fs, saved):
+        before, now = json.loads(fsio.read_bytes(fs, saved)), spec.model_dump(mode="json")
+        changed = _first_difference(before, now)
+        if changed:
+            raise SpecError(f"{spec_path}: --resume: {changed} differs from the interrupted sweep's spec; resume with the same spec, or run without --resume")
+
+
+def _first_difference(a, b, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+            if d:
+                return d
+        return None
+    return None if a == b else (where or "the spec")
 
 
 def plan(spec: StudySpec, ds: data.Dataset) -> dict:
@@ -50,23 +88,6 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
         out["models"] = len(keys)
         out["in_store"] = sum(store.has(k) for k in keys)
     return out
-
-
-def param_space(spec: StudySpec) -> dict:
-    from ray import tune
-
-    domain = {
-        "grid": tune.grid_search,
-        "choice": tune.choice,
-        "uniform": lambda v: tune.uniform(*v),
-        "loguniform": lambda v: tune.loguniform(*v),
-        "randint": lambda v: tune.randint(*v),
-    }
-    choices = spec.tune_choices()
-    return {
-        n: a.values[0] if a.kind == "value" else domain[a.kind](list(choices[n]) if n in choices else a.values)
-        for n, a in spec.train.items()
-    }
 
 
 def provenance() -> dict:
@@ -84,16 +105,25 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
+def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False) -> int:
     import ray
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from jobs import search
     from study.trial import StudyContext, run_trial
 
     started = datetime.now(timezone.utc)
+    run_started = int(time.time())  # Tune stamps reports in whole seconds
     t0 = time.perf_counter()
     results_uri, store_uri = absolute(spec.results_uri), absolute(spec.store_uri)
+    fs, base = fsio.resolve(results_uri)
+    if not resume:
+        fsio.write_atomic(fs, fsio.join(base, SPEC_FILE), json.dumps(spec.model_dump(mode="json"), indent=2).encode())
+        fsio.remove(fs, fsio.join(base, search.PARETO_FILE))  # a fresh search starts a fresh Pareto set
+    # Per-epoch reports carry training metrics only; robustness metrics come with the final one.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Each trial logs one line per phase with its id; Ray's dedup would fold lines that differ in digits.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     own_ray = not ray.is_initialized()
     if own_ray:
         local = not os.environ.get("RAY_ADDRESS")
@@ -105,34 +135,27 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
         tune.with_parameters(run_trial, data=ds, study=context),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            num_samples=spec.search.num_samples,
-            search_alg=BasicVariantGenerator(random_state=spec.seed),
-            metric=spec.search.metric,
-            mode=spec.search.mode,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=results_uri + "/tune", verbose=1),
-    )
+    if resume:
+        print(f"resuming {experiment_path(spec)}: finished trials are not run again", flush=True)
+        tuner = tune.Tuner.restore(experiment_path(spec), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search.param_space(spec),
+            tune_config=search.tune_config(spec, results_uri),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=results_uri + "/tune",
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                verbose=1,
+            ),
+        )
     grid = tuner.fit()
 
-    trials = []
-    for r in grid:
-        m = r.metrics or {}
-        trials.append({
-            "trial_id": m.get("advsweep_trial_id"),
-            "label": m.get("label"),
-            "status": "ERROR" if r.error else "TERMINATED",
-            "from_store": m.get("from_store"),
-            "train_s": m.get("train_s"),
-            "eval_s": m.get("eval_s"),
-            "rows": m.get("rows"),
-            "error": str(r.error).splitlines()[0] if r.error else None,
-        })
-    results_path, table = results.compact(results_uri, [t["trial_id"] for t in trials if t["trial_id"]])
+    trials = [trial_record(r, since=run_started) for r in grid]
+    finished = [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
+    pareto = search.read_pareto(results_uri) if spec.search.kind == "optuna" else None
+    results_path, table = results.compact(results_uri, finished, pareto=pareto)
     manifest = {
         "study": spec.name,
         "spec_file": spec_path,
@@ -143,6 +166,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
         "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "wall_s": time.perf_counter() - t0,
+        "resumed": resume,
         "rows": table.num_rows,
         "trials": trials,
     }
@@ -155,6 +179,28 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str) -> int:
     for t in failed:
         print(f"trial failed: {t['label'] or t['trial_id']}: {t['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def trial_record(r, since: int) -> dict:
+    """One Tune trial in the manifest. STOPPED: a scheduler ended it before it wrote rows.
+    ``this_run``: false for a trial a resumed sweep found already finished (its last report is
+    older than this run)."""
+    from jobs.search import FINAL_MARKER
+
+    m = r.metrics or {}
+    status = "ERROR" if r.error else ("TERMINATED" if FINAL_MARKER in m else "STOPPED")
+    return {
+        "trial_id": m.get("advsweep_trial_id"),
+        "label": m.get("label"),
+        "status": status,
+        "this_run": m.get("timestamp", since) >= since,
+        "epochs_trained": m.get("epoch"),
+        "from_store": m.get("from_store"),
+        "train_s": m.get("train_s"),
+        "eval_s": m.get("eval_s"),
+        "rows": m.get("rows"),
+        "error": str(r.error).splitlines()[0] if r.error else None,
+    }
 
 
 def print_summary(table, trials, results_path, manifest_path, results_uri):
@@ -172,9 +218,18 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")
-    trained = sum(1 for t in trials if t["from_store"] is False)
-    stored = sum(1 for t in trials if t["from_store"])
+    pareto = pl.from_arrow(table).filter(pl.col("search_pareto")).unique("trial_id", maintain_order=True)
+    if pareto.height:
+        print(f"Optuna Pareto trials: {', '.join(pareto['label'])}")
+    trained = sum(1 for t in trials if t["from_store"] is False and t["this_run"])
+    stored = sum(1 for t in trials if t["from_store"] and t["this_run"])
+    stopped = [t for t in trials if t["status"] == "STOPPED"]
+    earlier = [t for t in trials if not t["this_run"]]
     print(f"\nmodels: {trained} trained, {stored} from the store")
+    if earlier:
+        print(f"not rerun (finished before the interruption): {len(earlier)} trials: {', '.join(t['trial_id'] for t in earlier)}")
+    if stopped:
+        print(f"stopped early by the scheduler: {len(stopped)} trials (no rows)")
     print(f"rows: {table.num_rows} ({len(trials)} trials)")
     print(f"results: {results_path}")
     print(f"trials:  {results_uri}/trials/")
@@ -191,10 +246,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         p = plan(spec, ds)
         models = f"{p['models']} models ({p['models'] - p['in_store']} to train, {p['in_store']} in the store)" if "models" in p else "models sampled at run time"
-        print(f"{spec.name}: {p['trials']} trials, {models}; {p['rows_per_trial']} rows per trial, {p['rows']} rows")
+        upto = "at most " if spec.search.scheduler else ""  # a scheduler may stop trials before their rows
+        print(f"{spec.name}: {p['trials']} trials, {models}; {p['rows_per_trial']} rows per trial, {upto}{p['rows']} rows")
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")
         return 0
-    return run(spec, ds, args.spec)
+    return run(spec, ds, args.spec, resume=args.resume)
 
 
 if __name__ == "__main__":

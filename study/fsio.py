@@ -33,6 +33,12 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a file if it is there."""
+    if exists(fs, path):
+        fs.delete_file(path)
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -61,6 +61,7 @@ COLUMNS = [
     ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
     ("device", pa.string(), "cost", "torch device the trial ran on"),
     ("node_id", pa.string(), "cost", "Ray node the trial ran on"),
+    ("search_pareto", pa.bool_(), "search", "Optuna searches: the trial is in the Optuna study's Pareto set (best trials) when the sweep ended; null for other searches and before compaction"),
     ("advsweep_version", pa.string(), "provenance", "advsweep version"),
     ("git_sha", pa.string(), "provenance", "git commit of the code that ran (null outside a checkout)"),
     ("torch_version", pa.string(), "provenance", "torch version"),
@@ -113,11 +114,12 @@ def read_table(fs, path: str) -> pa.Table:
     return table
 
 
-def compact(results_uri: str, trial_ids: list[str] | None = None) -> tuple[str, pa.Table]:
+def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[str] | None = None) -> tuple[str, pa.Table]:
     """Merge trials/*.parquet into results.parquet (one row per row_key). Returns (path, table).
 
     With ``trial_ids``, only those trials' files: a sweep compacts exactly the trials its spec
-    defines, not files an earlier, different spec left in the same folder."""
+    defines, not files an earlier, different spec left in the same folder. With ``pareto`` (an
+    Optuna search's Pareto trial ids), ``search_pareto`` is filled: true for those, false else."""
     fs, base = fsio.resolve(results_uri)
     infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "trials"), allow_not_found=True))
     files = sorted(
@@ -134,6 +136,9 @@ def compact(results_uri: str, trial_ids: list[str] | None = None) -> tuple[str, 
             seen.add(key)
             first.append(i)
     table = table.take(pa.array(first, type=pa.int64())).sort_by([("trial_id", "ascending"), ("evaluator", "ascending"), ("norm", "ascending"), ("attack", "ascending"), ("eps", "ascending")])
+    if pareto is not None:
+        marks = pa.array([t in pareto for t in table.column("trial_id").to_pylist()], type=pa.bool_())
+        table = table.set_column(table.schema.get_field_index("search_pareto"), "search_pareto", marks)
     path = fsio.join(base, "results.parquet")
     table = table.replace_schema_metadata(SCHEMA.metadata)
     fsio.write_atomic(fs, path, _parquet_bytes(table))

@@ -149,16 +149,68 @@ Evaluator = Annotated[Union[RobustnessEval], Field(discriminator="evaluator")]
 EVALUATORS = ("robustness",)
 
 
+Mode = Literal["max", "min"]
+# Metrics every trial reports after each training epoch: what a scheduler can stop on.
+EPOCH_METRICS = {"clean_acc": "max", "train_loss": "min"}
+
+
+class Asha(_Strict):
+    """Asynchronous successive halving: trials below the top 1/reduction_factor at an epoch
+    milestone (grace_period * reduction_factor^k) stop training there and write no rows."""
+
+    kind: Literal["asha"] = "asha"
+    metric: Literal[tuple(EPOCH_METRICS)] = "clean_acc"
+    grace_period: PosInt = 1  # epochs every trial trains before it can be stopped
+    reduction_factor: Annotated[float, BeforeValidator(_not_bool), Field(gt=1)] = 2.0
+
+    @property
+    def mode(self) -> str:
+        return EPOCH_METRICS[self.metric]
+
+
+def _scheduler_shorthand(v):
+    return {"kind": v} if isinstance(v, str) else v
+
+
 class SearchSpec(_Strict):
-    kind: Literal["grid", "random"] = "grid"
-    metric: str = "clean_acc"
-    mode: Literal["max", "min"] = "max"
-    num_samples: PosInt = 1  # grid: repeats of the grid; random: samples drawn
+    """How Tune picks training configs. `grid` and `random` sample the axes as written;
+    `optuna` searches them with Optuna's TPE sampler (grid axes become categorical there) for
+    one metric, or for several at once (a Pareto front) when `metric` and `mode` are lists."""
+
+    kind: Literal["grid", "random", "optuna"] = "grid"
+    metric: Union[str, Annotated[list[str], Field(min_length=2)]] = "clean_acc"
+    mode: Union[Mode, Annotated[list[Mode], Field(min_length=2)]] = "max"
+    num_samples: PosInt = 1  # grid: repeats of the grid; random: samples drawn; optuna: trials
+    max_concurrent: Optional[PosInt] = None  # trials running at once (null: as resources allow)
+    scheduler: Annotated[Optional[Asha], BeforeValidator(_scheduler_shorthand)] = None  # `asha`
+    max_failures: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 2  # retries of a trial whose worker died
+
+    @model_validator(mode="after")
+    def _objectives(self):
+        if isinstance(self.metric, list) != isinstance(self.mode, list):
+            raise ValueError("mode: give one mode per metric (both lists, or both single values)")
+        if isinstance(self.metric, list):
+            if self.kind != "optuna":
+                raise ValueError("metric: several metrics (a Pareto search) need kind: optuna")
+            if len(self.mode) != len(self.metric):
+                raise ValueError(f"mode: {len(self.mode)} modes for {len(self.metric)} metrics")
+            if len(set(self.metric)) != len(self.metric):
+                raise ValueError("metric: values must be distinct")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return self.mode if isinstance(self.mode, list) else [self.mode]
 
 
 class Resources(_Strict):
     cpu: PosFloat = 1.0
     gpu: NonNegFloat = 0.0  # fractional below 1 shares a GPU between trials
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the trial was given a GPU
 
     @field_validator("gpu")
     @classmethod
@@ -166,6 +218,12 @@ class Resources(_Strict):
         if v > 1 and v != int(v):
             raise ValueError("above 1 must be a whole number of GPUs")
         return v
+
+    @model_validator(mode="after")
+    def _cuda_needs_gpu(self):
+        if self.device == "cuda" and self.gpu == 0:
+            raise ValueError("device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that did not ask for one)")
+        return self
 
 
 class Axis(BaseModel):
@@ -193,10 +251,14 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        known = {"clean_acc", "train_loss"} | set().union(*(e.metric_names() for e in self.evaluate))
-        if self.search.metric not in known:
-            examples = ", ".join(sorted(known)[:4])
-            raise ValueError(f"search.metric: unknown metric {self.search.metric!r} (e.g. {examples})")
+        known = set(EPOCH_METRICS) | set().union(*(e.metric_names() for e in self.evaluate))
+        for i, metric in enumerate(self.search.metrics):
+            if metric not in known:
+                where = f"search.metric[{i}]" if isinstance(self.search.metric, list) else "search.metric"
+                examples = ", ".join(sorted(known)[:4])
+                raise ValueError(f"{where}: unknown metric {metric!r} (e.g. {examples})")
+        if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
+            raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
 
     @property
@@ -211,8 +273,9 @@ class StudySpec(_Strict):
         return base.rsplit("/", 1)[0] + "/store" if "/" in base else "store"
 
     def grid_configs(self) -> list[dict] | None:
-        """Every trial's training config when all axes are values or grids (else None)."""
-        if any(a.kind not in ("value", "grid") for a in self.train.values()):
+        """Every trial's training config when all axes are values or grids and the search
+        takes them as written (else None: configs are sampled at run time)."""
+        if self.search.kind == "optuna" or any(a.kind not in ("value", "grid") for a in self.train.values()):
             return None
         names = list(self.train)
         combos = itertools.product(*(self.train[n].values for n in names))
@@ -243,6 +306,9 @@ class StudySpec(_Strict):
         return {k: choices[k][v] if k in choices else v for k, v in sampled.items()}
 
     def n_trials(self) -> int:
+        """Trials Tune starts (a scheduler may stop some before they write rows)."""
+        if self.search.kind == "optuna":
+            return self.search.num_samples
         if self.grid_configs() is not None:
             return math.prod(len(a.values) for a in self.train.values()) * self.search.num_samples
         grid = math.prod(len(a.values) for a in self.train.values() if a.kind == "grid")
@@ -250,6 +316,13 @@ class StudySpec(_Strict):
 
     def rows_per_trial(self) -> int:
         return sum(e.n_rows() for e in self.evaluate)
+
+    def max_epochs(self) -> int:
+        """The most epochs any trial can train (the bound a scheduler needs)."""
+        axis = self.train.get("epochs")
+        if axis is None:
+            return TrainConfig.model_fields["epochs"].default
+        return axis.values[1] - 1 if axis.kind == "randint" else max(axis.values)
 
 
 def _option_label(value) -> str:
@@ -341,7 +414,7 @@ def _format_loc(loc) -> str:
         del loc[2]
     out = ""
     for part in loc:
-        if part == "[key]":
+        if part == "[key]" or _union_member(part):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
@@ -353,8 +426,28 @@ def _split_nested(msg: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else ("", msg)
 
 
+_UNION_MEMBER = re.compile(r"^(str|int|float|literal\[.*|list\[.*)$")
+
+
+def _union_member(part) -> bool:
+    """pydantic names the member of a union (e.g. `literal['max','min']`) in the error's loc."""
+    return isinstance(part, str) and bool(_UNION_MEMBER.match(part))
+
+
+def _relevant_errors(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a union (metric: one name or a list) gets one error per
+    member; report the member whose shape matches what was written (a list or a single value)."""
+    def misfit(err):
+        in_union = any(_union_member(p) for p in err["loc"])
+        wrong_shape = err["type"].endswith("_type") or (err["type"] == "literal_error" and isinstance(err["input"], list))
+        return in_union and wrong_shape
+
+    return [err for err in errors if not misfit(err)] or errors
+
+
 def _from_validation_error(path: str, e: ValidationError) -> SpecError:
-    err = e.errors()[0]
+    errors = _relevant_errors(e.errors())
+    err = errors[0]
     ctx_error = (err.get("ctx") or {}).get("error")
     loc = list(err["loc"])
     if isinstance(ctx_error, _AxisError):
@@ -363,7 +456,7 @@ def _from_validation_error(path: str, e: ValidationError) -> SpecError:
         sub, msg = _split_nested(_message(err))
         loc += [sub] if sub else []
     where = _format_loc(loc)
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return SpecError(f"{path}: {where}: {msg}{more}" if where else f"{path}: {msg}{more}")
 
 

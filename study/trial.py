@@ -73,10 +73,23 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
     )
 
 
-def _tensor(a: np.ndarray, device) -> torch.Tensor:
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes them
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(a).to(device)
+        t = torch.from_numpy(a)
+    if device.type == "cuda":
+        # Page-locked memory lets the copy run as DMA; the data is copied to the GPU once per trial.
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def select_device(setting: str, gpus: float) -> torch.device:
+    """`resources.device`: auto is CUDA when the trial was given a GPU and CUDA works, else CPU."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("resources.device is cuda but this trial sees no CUDA device")
+    if setting == "cuda" or (setting == "auto" and gpus > 0 and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.report) -> None:
@@ -86,17 +99,21 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     cfg = TrainConfig.model_validate(spec.resolve(spec.decode(config)))
     tid = trial_id(spec.name, cfg)
-    device = torch.device("cuda" if spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+    device = select_device(spec.resources.device, spec.resources.gpu)
     x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
     x_eval, y_eval = _tensor(data.x_test, device), _tensor(data.y_test, device)
+    swept = [n for n, a in spec.train.items() if a.kind != "value"]
+    name = label(cfg, swept)
 
     model = init_model(cfg, data.input_shape, data.n_classes).to(device)
     store = ModelStore(study.store_uri)
     key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
     meta = store.load(key, model)
     from_store = meta is not None
+    # One line per trial phase: the driver log then says which trials ran (e.g. after --resume).
+    print(f"advsweep trial {tid} ({name}): {'model from the store' if from_store else 'training'} on {device}", flush=True)
     if not from_store:
-        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "advsweep_trial_id": tid}))
+        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "advsweep_trial_id": tid, "label": name}))
         meta = {"train_s": out["train_s"]}
         store.save(key, model, meta)
 
@@ -106,11 +123,10 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     for axes in spec.evaluate:
         rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
-    swept = [n for n, a in spec.train.items() if a.kind != "value"]
     common = dict(
         study=spec.name,
         trial_id=tid,
-        label=label(cfg, swept),
+        label=name,
         **training_columns(cfg, spec),
         train_s=meta["train_s"],
         from_store=from_store,
@@ -123,10 +139,12 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         row.update(common)
         row["row_key"] = results.row_key(tid, row)
     results.write_trial(study.results_uri, tid, rows)
+    print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
     final = {
         "advsweep_trial_id": tid,  # Tune fills its own `trial_id` into every result
-        "label": common["label"],
+        "label": name,
+        "epoch": cfg.epochs,  # the scheduler's clock (see jobs.search.scheduler)
         "from_store": from_store,
         "train_s": meta["train_s"],
         "eval_s": eval_s,
