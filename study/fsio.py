@@ -23,8 +23,18 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+# Object stores publish an object only once its upload completes, so a direct write is already
+# all-or-nothing there (and their "rename" is a copy).
+_OBJECT_STORES = {"s3", "gcs"}
+
+
 def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers see the old file or the new, never half."""
+    """Readers see the old file or the new, never half: on a local or network filesystem, write
+    under a temporary name, then rename."""
+    if fs.type_name in _OBJECT_STORES:
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
