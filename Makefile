@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test bench clean
+.PHONY: quickstart test test-cluster bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium could not be installed: the report's browser test will be skipped"
 	$(PY) -m pytest -q
+
+# The cluster path: a real two-node Ray cluster on this host (127.0.0.1 only) and the quickstart
+# submitted with `ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .` (minutes).
+test-cluster: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow tests/test_cluster_job.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/attacks.py

@@ -126,3 +126,31 @@ def best_per_point(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         .select(*point, "robust_acc", "clean_acc", "label")
         .sort(_present(df, ["evaluator", "norm", "attack", "eps"]))
     )
+
+
+def frontier_gap(found: pl.DataFrame | pl.LazyFrame, reference: pl.DataFrame | pl.LazyFrame, x: str = "clean_acc", y: str = "robust_acc") -> pl.DataFrame:
+    """How far the models a search found are from the exact frontier of a reference study
+    (e.g. a grid over the same space), at every evaluation point both have.
+
+    For a found model p and the reference frontier F at the same point (both metrics maximised):
+
+        gap(p) = min over q in F of max(q.x - p.x, q.y - p.y, 0)
+
+    the smallest amount p would have to gain in both metrics to be at least as good as some
+    model on the reference frontier: 0 when p is on it (or beyond it). ``nearest`` is the label
+    of the q that attains the minimum. Pass only the rows to judge, e.g. an Optuna study's
+    Pareto trials: ``found.filter(pl.col("search_pareto"))``.
+    """
+    df = eager(found)
+    ref = pareto(reference).filter("on_frontier")
+    point = [c for c in EVAL_POINT if c in df.columns and c in ref.columns]
+    pairs = df.join(ref.select(*point, pl.col("label").alias("nearest"), pl.col(x).alias("_qx"), pl.col(y).alias("_qy")), on=point, how="inner", nulls_equal=True)
+    shortfall = pl.max_horizontal(pl.col("_qx") - pl.col(x), pl.col("_qy") - pl.col(y), pl.lit(0.0))
+    return (
+        pairs.with_columns(gap=shortfall)
+        .sort("gap")
+        .group_by(["trial_id", *point], maintain_order=True)
+        .first()
+        .select(*_present(df, MODEL_COLUMNS), *point, x, y, "gap", "nearest")
+        .sort(_present(df, [*point, "label"]))
+    )

@@ -95,7 +95,7 @@ def search_algorithm(spec: StudySpec, results_uri: str):
     s = spec.search
     if s.kind == "optuna":
         return FinalResultOptunaSearch(metric=s.metric, mode=s.mode, seed=spec.seed, results_uri=results_uri)
-    return BasicVariantGenerator(random_state=spec.seed)
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=s.max_concurrent or 0)
 
 
 def scheduler(spec: StudySpec):
@@ -125,6 +125,7 @@ def tune_config(spec: StudySpec, results_uri: str) -> tune.TuneConfig:
         scheduler=sched,
         metric=s.metric if plain else None,
         mode=s.mode if plain else None,
-        max_concurrent_trials=s.max_concurrent,
+        # Tune applies this limit to Searchers only; BasicVariantGenerator takes its own (above).
+        max_concurrent_trials=s.max_concurrent if s.kind == "optuna" else None,
         reuse_actors=True,
     )

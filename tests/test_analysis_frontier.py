@@ -176,3 +176,29 @@ def test_best_per_point_breaks_ties_by_clean_accuracy():
         dict(trial_id="z", label="z", clean_acc=0.99, robust_acc=0.99, eps=0.0),
     ])
     assert frontier.best_per_point(df).select("eps", "label").rows() == [(0.1, "b")]
+
+
+def test_frontier_gap_known_answers():
+    grid = table([
+        dict(trial_id="g1", label="g1", clean_acc=0.99, robust_acc=0.10),
+        dict(trial_id="g2", label="g2", clean_acc=0.90, robust_acc=0.60),
+        dict(trial_id="g3", label="g3", clean_acc=0.80, robust_acc=0.70),
+        dict(trial_id="g4", label="g4", clean_acc=0.50, robust_acc=0.20),  # off the grid's frontier
+    ])
+    found = table([
+        dict(trial_id="s1", label="s1", clean_acc=0.90, robust_acc=0.60),  # on it (equals g2)
+        dict(trial_id="s2", label="s2", clean_acc=0.88, robust_acc=0.55),  # g2 is 0.02 / 0.05 better
+        dict(trial_id="s3", label="s3", clean_acc=0.95, robust_acc=0.65),  # beyond it
+        dict(trial_id="s4", label="s4", clean_acc=0.49, robust_acc=0.19),  # g1 needs 0.5, g2 0.41, g3 0.51; g4 (0.01) is off the front
+    ])
+    gaps = {r["trial_id"]: (round(r["gap"], 9), r["nearest"]) for r in frontier.frontier_gap(found, grid).iter_rows(named=True)}
+    assert gaps["s1"] == (0.0, "g2")
+    assert gaps["s2"] == (0.05, "g2")
+    assert gaps["s3"][0] == 0.0
+    assert gaps["s4"] == (0.41, "g2")  # never g4: only frontier models are the reference
+
+
+def test_frontier_gap_compares_only_the_same_evaluation_point():
+    grid = table([dict(trial_id="g", label="g", clean_acc=0.9, robust_acc=0.9, eps=0.2)])
+    found = table([dict(trial_id="s", label="s", clean_acc=0.5, robust_acc=0.5, eps=0.1)])
+    assert frontier.frontier_gap(found, grid).is_empty()

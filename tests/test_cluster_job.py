@@ -1,0 +1,304 @@
+"""The cluster path end to end: a real two-node Ray cluster on this host, the quickstart study
+submitted with the real CLI exactly as a user would (`ray job submit --runtime-env
+jobs/runtime_env.yaml --working-dir . -- python -m jobs.sweep ...`), trials on both nodes.
+
+Slow (a few minutes on two cores): `make test-cluster`, or `pytest -m slow tests/test_cluster_job.py`.
+
+How the cluster is started, and why:
+
+* `ray.cluster_utils.Cluster`, head + one worker node, each with `num_cpus=1` and its own temp
+  dir, every address 127.0.0.1; the head runs the dashboard (the job server) on 127.0.0.1 and a
+  free port. Every process gets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: otherwise Ray turns
+  127.0.0.1 into the host's routable address wherever an address is given to `ray.init` (the
+  dashboard agent that starts the job, the job's driver) or `ray start`, and those connections
+  hang, as nothing of this cluster listens there. (`ray start --address` cannot be used with that
+  variable: it then refuses to add a second node, multi-node being "unsupported" where it is
+  off; Cluster does not ask.)
+* The cluster lives in a child process (this file run as a script), never in the pytest
+  process: Ray's configuration (auth mode, token) is process-global, and other tests in the same
+  session may hold an embedded Ray. This process only runs the `ray` CLI as subprocesses.
+* Token auth (on by default for local clusters since Ray 2.59): the test writes its own random
+  token to a file in its temp dir and gives every process it starts RAY_AUTH_MODE=token and
+  RAY_AUTH_TOKEN_PATH=<that file>, so nothing reads or writes the user's ~/.ray/auth_token.
+  The nodes pass both on to the job's driver, which joins the cluster with them.
+* RAY_TMPDIR points at the same temp dir, so the "current cluster" address file Ray writes also
+  stays out of the shared /tmp/ray.
+* PATH starts with this interpreter's bin directory, so the job's `python` (the entry point runs
+  in a shell on the head node) is the virtualenv's.
+
+Teardown (a finalizer, so it runs on failure too): closing the child's stdin makes it call
+`Cluster.shutdown()`; the test then checks that none of the cluster's processes is left (its
+process tree as seen just before, anything naming its temp dir, anything carrying its marker
+env var), kills any by pid if there are (and fails), and removes the temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtualenv's bin: python and the `ray` CLI
+STUDY = "search_spaces/quickstart.yaml"
+QUICKSTART_ROWS = 416  # 8 trials x 52 rows (`python -m jobs.sweep ... --dry-run` says so)
+START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 1500
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux only (/proc)")]
+
+
+# --- the cluster process -------------------------------------------------------------------
+
+
+def serve_cluster(base: Path, dashboard_port: int) -> None:
+    """Run in the child process: start the cluster, write `cluster.json`, wait for stdin to close."""
+    from ray.cluster_utils import Cluster
+
+    # SIGTERM (the test's fallback) unwinds through `finally` like stdin closing does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    common = {"node_ip_address": "127.0.0.1", "num_cpus": 1, "num_gpus": 0}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **common,
+            "temp_dir": str(base / "head"),
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": None,  # a free one (the default 52365 may be taken)
+        },
+    )
+    try:
+        cluster.add_node(**common, temp_dir=str(base / "worker"))
+        cluster.wait_for_nodes()
+        head = cluster.head_node
+        info = {
+            "pid": os.getpid(),
+            "dashboard": f"http://{head.webui_url}",
+            "gcs_address": cluster.gcs_address,
+            "node_ids": [n.node_id for n in cluster.list_all_nodes()],
+            "node_ips": [n.node_ip_address for n in cluster.list_all_nodes()],
+            "live_node_ids": sorted(cluster.global_state._live_node_ids()),
+        }
+        tmp = base / "cluster.json.tmp"
+        tmp.write_text(json.dumps(info))
+        tmp.rename(base / "cluster.json")
+        sys.stdin.read()  # until the test closes it (or dies)
+    finally:
+        cluster.shutdown()
+
+
+# --- helpers in the test process ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, command line) of every live process (Linux /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ..., starttime
+        table[int(entry.name)] = (int(fields[1]), fields[19], cmd)
+    return table
+
+
+def process_tree(root: int) -> set[tuple[int, str]]:
+    """(pid, start time) of `root` and all its live descendants."""
+    table = process_table()
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            tree.add((pid, table[pid][1]))
+            todo += [p for p, (ppid, _, _) in table.items() if ppid == pid]
+    return tree
+
+
+def has_env(pid: int, entry: str) -> bool:
+    try:
+        return entry.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def leftovers(base: Path, tree: set[tuple[int, str]], marker: str) -> dict[int, str]:
+    """Live processes of this cluster: in its process tree as last seen (same pid and start
+    time), or naming its temp dir on the command line (raylet, gcs_server, ...), or carrying its
+    marker in the environment (workers, agents, the job's processes; Ray renames some of those,
+    so their command lines say nothing)."""
+    return {
+        pid: cmd
+        for pid, (_, start, cmd) in process_table().items()
+        if pid != os.getpid() and ((pid, start) in tree or str(base) in cmd or has_env(pid, marker))
+    }
+
+
+class LocalCluster:
+    def __init__(self, base: Path, env: dict, info: dict):
+        self.base, self.env, self.info = base, env, info
+        self.address = info["dashboard"]
+        self.node_ids = set(info["node_ids"])
+
+    def ray(self, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
+        """Run the `ray` CLI against this cluster, from the repository root."""
+        proc = subprocess.run(
+            [str(BIN / "ray"), *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"`ray {' '.join(args[:2])} ...` exited {proc.returncode}:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def submit(self, submission_id: str, *entrypoint: str, timeout=300) -> subprocess.CompletedProcess:
+        """`ray job submit` waits for the job and streams its logs; exits non-zero if it failed."""
+        return self.ray(
+            "job", "submit", "--address", self.address, "--submission-id", submission_id,
+            "--runtime-env", "jobs/runtime_env.yaml", "--working-dir", ".",
+            "--", *entrypoint,
+            timeout=timeout,
+        )
+
+    def succeeded(self, submission_id: str) -> bool:
+        """`ray job status` prints "Job '<id>' succeeded" for SUCCEEDED only (colours stripped)."""
+        out = self.ray("job", "status", "--address", self.address, submission_id)
+        return f"Job '{submission_id}' succeeded" in re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+
+    def logs(self, submission_id: str) -> str:
+        return self.ray("job", "logs", "--address", self.address, submission_id).stdout
+
+
+@pytest.fixture
+def local_cluster():
+    # Short, private base dir: Ray's unix socket paths under it must stay under ~107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="advsweep-rc-"))
+    (base / "ray").mkdir()  # RAY_TMPDIR/ray: where Ray writes the current cluster's address
+    token = base / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        # Without this, every `ray.init(address="127.0.0.1:...")` (the dashboard agent's, the
+        # job driver's) rewrites 127.0.0.1 to the host's routable address and hangs there.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_TMPDIR=str(base),
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        ADVSWEEP_TEST_CLUSTER=str(base),  # marks every process of this cluster (see leftovers)
+    )
+    marker = f"ADVSWEEP_TEST_CLUSTER={base}"
+    log = open(base / "cluster.log", "w")
+    child = subprocess.Popen(
+        [sys.executable, __file__, str(base), str(free_port())],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (base / "cluster.json").exists():
+            if child.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the cluster did not start (exit {child.poll()}):\n{(base / 'cluster.log').read_text()[-5000:]}")
+            time.sleep(0.5)
+        yield LocalCluster(base, env, json.loads((base / "cluster.json").read_text()))
+    finally:
+        tree = process_tree(child.pid)  # everything the cluster runs now, renamed or not
+        child.stdin.close()  # -> Cluster.shutdown() in the child
+        try:
+            child.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        log.close()
+        # Give stragglers a moment; then kill what is left, by pid, and fail.
+        deadline = time.monotonic() + 30
+        while (left := leftovers(base, tree, marker)) and time.monotonic() < deadline:
+            time.sleep(1)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"processes left over after Cluster.shutdown(): {left}"
+
+
+# --- the test ----------------------------------------------------------------------------
+
+
+def test_quickstart_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
+    c = local_cluster
+    assert len(c.node_ids) == 2, c.info
+    assert set(c.info["live_node_ids"]) == c.node_ids, c.info
+    assert set(c.info["node_ips"]) == {"127.0.0.1"}, c.info
+    assert c.address.startswith("http://127.0.0.1:"), c.address
+    print(f"cluster: {c.address}, nodes {sorted(c.node_ids)}")
+
+    # 1. The upload: a tiny job reports on its own working dir, the unpacked package.
+    probe = (
+        "import json, os, sys; print('PROBE ' + json.dumps({'exe': sys.executable, 'cwd': os.getcwd(), "
+        "'bytes': sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk('.') for f in fs), "
+        "'paths': {p: os.path.exists(p) for p in ['.venv', 'results', 'report', '.git', "
+        "'study/results.py', 'jobs/sweep.py', 'search_spaces/quickstart.yaml']}}))"
+    )
+    out = c.submit("advsweep-probe", "python", "-c", probe)
+    found = re.search(r"^PROBE (\{.*\})$", out.stdout, re.M)  # (the CLI also echoes the entry point)
+    assert found, out.stdout + out.stderr
+    seen = json.loads(found.group(1))
+    assert seen["cwd"].startswith(str(c.base)), seen["cwd"]  # unpacked on the cluster, not the checkout
+    assert seen["paths"] == {
+        ".venv": False, "results": False, "report": False, ".git": False,
+        "study/results.py": True, "jobs/sweep.py": True, "search_spaces/quickstart.yaml": True,
+    }, seen
+    assert seen["bytes"] < 5 * 2**20, f"the job's working dir holds {seen['bytes']} bytes"
+    assert Path(seen["exe"]).parent == BIN, f"the job's python is {seen['exe']}, not the virtualenv's"
+    assert c.succeeded("advsweep-probe")
+
+    # 2. The study itself.
+    results = tmp_path / "results"
+    t0 = time.monotonic()
+    out = c.submit("advsweep-quickstart", "python", "-m", "jobs.sweep", STUDY, "--results", str(results), timeout=JOB_TIMEOUT_S)
+    print(f"quickstart job: {time.monotonic() - t0:.0f}s")
+    assert c.succeeded("advsweep-quickstart")
+    logs = c.logs("advsweep-quickstart")
+    assert f"rows: {QUICKSTART_ROWS} (8 trials)" in logs, logs[-3000:]
+    assert "models: 8 trained, 0 from the store" in logs, logs[-3000:]  # a fresh store
+
+    import polars as pl
+
+    df = pl.read_parquet(results / "results.parquet")
+    assert df.height == QUICKSTART_ROWS
+    assert df["row_key"].n_unique() == QUICKSTART_ROWS
+    assert df["trial_id"].n_unique() == 8
+    # Trials ran on both nodes of this cluster, and only there.
+    assert set(df["node_id"].unique().to_list()) == c.node_ids, (df["node_id"].unique().to_list(), c.node_ids)
+
+
+if __name__ == "__main__":  # the cluster process started by the fixture
+    serve_cluster(Path(sys.argv[1]), int(sys.argv[2]))
