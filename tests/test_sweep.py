@@ -98,7 +98,7 @@ def test_goodfellow_logreg_fgsm_error(goodfellow_sweep):
     assert (1 - at["robust_acc"] >= 0.90).all()  # ... and FGSM at eps .25 breaks it anyway
 
 
-@pytest.mark.parametrize("path", ["search_spaces/quickstart.yaml", "search_spaces/goodfellow-logreg.yaml"])
+@pytest.mark.parametrize("path", ["search_spaces/quickstart.yaml", "search_spaces/goodfellow-logreg.yaml", "search_spaces/frontier-optuna.yaml"])
 def test_shipped_specs_validate(path):
     from conftest import ROOT
 
