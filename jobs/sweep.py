@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -65,6 +66,7 @@ def check_resumable(spec: StudySpec, spec_path: str) -> None:
         before, now = json.loads(fsio.read_bytes(fs, saved)), spec.model_dump(mode="json")
         changed = _first_difference(before, now)
         if changed:
+            changed = re.sub(r"^(train\.\w+)\.(kind|values).*$", r"\1", changed)  # an axis, as the YAML names it
             raise SpecError(f"{spec_path}: --resume: {changed} differs from the interrupted sweep's spec; resume with the same spec, or run without --resume")
 
 

@@ -108,7 +108,7 @@ def test_worker_killed_mid_training_is_retried(tmp_path):
     assert re.search(r"RayActorError|ActorDiedError|died", log.read_text())
 
 
-def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys):
     results, log = tmp_path / "results", tmp_path / "first.log"
     # Tune saves its experiment state at most every TUNE_GLOBAL_CHECKPOINT_S (10 s by default);
     # 1 s here so the kill lands after a save that already records finished trials.
@@ -148,6 +148,21 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(tmp_p
     # Models saved before the kill are loaded, not trained again.
     trained_now = sum(1 for t in manifest["trials"] if t["this_run"] and t["from_store"] is False)
     assert trained_now == 6 - stored_models
+
+    # Resuming with a different spec is refused before anything runs, naming the changed field.
+    import yaml
+
+    from jobs.sweep import main
+
+    changed = yaml.safe_load(SPEC.read_text())
+    changed["train"]["epochs"] = 3
+    other = tmp_path / "changed.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    before = sorted(p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file())
+    assert main([str(other), "--results", str(results), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.epochs differs from the interrupted sweep's spec" in err
+    assert sorted(p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()) == before
 
 
 def test_resume_without_an_interrupted_sweep_is_a_clear_error(tmp_path, capsys):
