@@ -25,7 +25,7 @@ test: $(VENV)/.installed
 # The cluster path: a real two-node Ray cluster on this host (127.0.0.1 only) and the quickstart
 # submitted with `ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .` (minutes).
 test-cluster: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow tests/test_cluster_job.py
+	$(PY) -m pytest -q tests/test_cluster_job.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/attacks.py

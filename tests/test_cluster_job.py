@@ -2,7 +2,7 @@
 submitted with the real CLI exactly as a user would (`ray job submit --runtime-env
 jobs/runtime_env.yaml --working-dir . -- python -m jobs.sweep ...`), trials on both nodes.
 
-Slow (a few minutes on two cores): `make test-cluster`, or `pytest -m slow tests/test_cluster_job.py`.
+About two minutes on two cores; part of `make test`, and alone: `make test-cluster`.
 
 How the cluster is started, and why:
 
@@ -56,7 +56,7 @@ QUICKSTART_ROWS = 416  # 8 trials x 52 rows (`python -m jobs.sweep ... --dry-run
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 1500
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux only (/proc)")]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only (/proc)")
 
 
 # --- the cluster process -------------------------------------------------------------------
