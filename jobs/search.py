@@ -66,10 +66,8 @@ class FinalResultOptunaSearch(OptunaSearch):
         self._write_pareto()
 
     def _write_pareto(self) -> None:
-        study = self._ot_study
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        best = study.best_trials if complete else []
+        states = [t.state.name for t in self._ot_study.get_trials(deepcopy=False)]
+        best = self._ot_study.best_trials if "COMPLETE" in states else []
         doc = {
             "metric": self.metric if isinstance(self.metric, list) else [self.metric],
             "mode": self.mode if isinstance(self.mode, list) else [self.mode],

@@ -77,3 +77,22 @@ def test_asha_stops_a_hopeless_config_and_only_finished_trials_have_rows(ray_ses
     df = sweep.frame()
     assert set(df["label"]) == {"mlp lr=0.003"} and df.height == 4  # the frontier sees final results only
     assert "stopped early by the scheduler: 1 trials" in out
+
+
+def test_single_objective_optuna_marks_its_best_trial(grid_and_optuna, tmp_path, capsys):
+    import yaml
+
+    _, search = grid_and_optuna
+    raw = yaml.safe_load(search.spec.read_text())
+    raw["name"] = "frontier-optuna-robust"
+    raw["search"].update(metric="robust_acc@pgd-linf-0.1", mode="max", num_samples=4)
+    spec = tmp_path / "single.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    # A sibling of the module's results folders: the same store, so nothing is trained again.
+    single = Sweep(spec, search.results.parent / "single")
+    code, _ = single.run(capsys)
+    assert code == 0
+    at = single.frame().filter(POINT)
+    assert at["trial_id"].n_unique() >= 1
+    best = at.filter(pl.col("robust_acc") == at["robust_acc"].max())
+    assert set(at.filter("search_pareto")["trial_id"]) == set(best["trial_id"])
