@@ -73,7 +73,11 @@ def serve_cluster(base: Path, dashboard_port: int) -> None:
         initialize_head=True,
         head_node_args={
             **common,
-            "temp_dir": str(base / "head"),
+            # The default temp dir under RAY_TMPDIR, where Cluster writes the current cluster's
+            # address: the job server resolves its drivers' RAY_ADDRESS from the head's temp dir,
+            # and without the file there it scans for any GCS on the host (which finds other
+            # Rays, such as the test session's embedded one).
+            "temp_dir": str(base / "ray"),
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
