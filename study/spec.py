@@ -202,10 +202,6 @@ class SearchSpec(_Strict):
     def metrics(self) -> list[str]:
         return self.metric if isinstance(self.metric, list) else [self.metric]
 
-    @property
-    def modes(self) -> list[str]:
-        return self.mode if isinstance(self.mode, list) else [self.mode]
-
 
 class Resources(_Strict):
     cpu: PosFloat = 1.0
