@@ -82,8 +82,7 @@ def _first_difference(a, b, where: str = "") -> str | None:
 
 def plan(spec: StudySpec, ds: data.Dataset) -> dict:
     configs = spec.grid_configs()
-    trials = spec.n_trials()
-    out = {"trials": trials, "rows": trials * spec.rows_per_trial(), "rows_per_trial": spec.rows_per_trial()}
+    out = {"trials": spec.n_trials(), "rows": spec.expected_rows()}
     if configs is not None:
         store = ModelStore(spec.store_uri)
         keys = {model_key(c, ds.fingerprint) for c in configs}
@@ -112,7 +111,8 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     from ray import tune
 
     from jobs import search
-    from study.trial import StudyContext, run_trial
+    from study.evaluators import STUDY_EVALUATORS
+    from study.trial import StudyContext, run_study_evaluators, run_trial
 
     started = datetime.now(timezone.utc)
     run_started = int(time.time())  # Tune stamps reports in whole seconds
@@ -156,8 +156,16 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
 
     trials = [trial_record(r, since=run_started) for r in grid]
     finished = [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
+    study_rows = ()
+    if any(e.evaluator in STUDY_EVALUATORS for e in spec.evaluate) and finished:
+        configs = [spec.resolve(spec.decode(r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
+        print(f"transfer: {len(configs)} models x {len(configs)} models", flush=True)
+        # A Ray task with a trial's resources: on a cluster it runs on a worker, not the head.
+        task = ray.remote(run_study_evaluators).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+        ray.get(task.remote(context, ds, configs))
+        study_rows = STUDY_EVALUATORS
     pareto = search.read_pareto(results_uri) if spec.search.kind == "optuna" else None
-    results_path, table = results.compact(results_uri, finished, pareto=pareto)
+    results_path, table = results.compact(results_uri, finished, pareto=pareto, study_rows=study_rows)
     manifest = {
         "study": spec.name,
         "spec_file": spec_path,
@@ -249,7 +257,8 @@ def main(argv=None) -> int:
         p = plan(spec, ds)
         models = f"{p['models']} models ({p['models'] - p['in_store']} to train, {p['in_store']} in the store)" if "models" in p else "models sampled at run time"
         upto = "at most " if spec.search.scheduler else ""  # a scheduler may stop trials before their rows
-        print(f"{spec.name}: {p['trials']} trials, {models}; {p['rows_per_trial']} rows per trial, {upto}{p['rows']} rows")
+        rows = f"{upto}{p['rows']} rows" if p["rows"] is not None else "rows depend on the sampled models"
+        print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")
         return 0
     return run(spec, ds, args.spec, resume=args.resume)

@@ -1,33 +1,77 @@
-"""Model registry: name -> factory(input_shape, n_classes) -> nn.Module producing logits."""
+"""Model registry: name -> factory(input_shape, n_classes, **hyperparameters) -> nn.Module.
+
+Every model outputs one logit per class. A registration also names the model's training
+objective (study.objectives) and whether it only separates two classes. Hyperparameters a
+factory takes as keyword arguments (e.g. maxout's ``pieces``) are training axes of the spec
+(``MODEL_PARAMS``); a factory's own default applies when the spec leaves one unset.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+# Training-config fields that are model hyperparameters, passed to the factories that take them.
+MODEL_PARAMS = ("pieces",)
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class Registered:
+    factory: Callable[..., nn.Module]
+    objective: str = "cross_entropy"
+    binary: bool = False  # separates exactly two classes (needs a two-class data filter)
+    linear: bool = False  # logits affine in the input: closed-form geometry on two classes
+
+    def params(self) -> set[str]:
+        return set(inspect.signature(self.factory).parameters) & set(MODEL_PARAMS)
+
+
+MODELS: dict[str, Registered] = {}
+
+
+def register(name: str, objective: str = "cross_entropy", binary: bool = False, linear: bool = False):
     def deco(factory):
-        MODELS[name] = factory
+        MODELS[name] = Registered(factory, objective, binary, linear)
         return factory
 
     return deco
 
 
-def build(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+def build(name: str, input_shape: tuple[int, ...], n_classes: int, **params) -> nn.Module:
     try:
-        factory = MODELS[name]
+        entry = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
-    return factory(tuple(input_shape), n_classes)
+    unknown = set(params) - entry.params()
+    if unknown:
+        raise ValueError(f"model {name!r} takes no {', '.join(sorted(unknown))}")
+    if entry.binary and n_classes != 2:
+        raise ValueError(f"model {name!r} separates two classes; the data has {n_classes}")
+    model = entry.factory(tuple(input_shape), n_classes, **params)
+    model.objective = entry.objective
+    return model
 
 
-@register("logreg")
+def binary_linear(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(w, b) with f(x) = w . x + b = logit_1(x) - logit_0(x) for a linear two-class model
+    (linear-svm, or logreg on two classes); None for any other model."""
+    layers = [m for m in model.modules() if not isinstance(m, (nn.Sequential, nn.Flatten, LinearSVM))]
+    if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
+        return None
+    lin = layers[0]
+    if isinstance(model, LinearSVM):
+        return lin.weight[0].detach(), lin.bias[0].detach()
+    if lin.out_features != 2:
+        return None
+    return (lin.weight[1] - lin.weight[0]).detach(), (lin.bias[1] - lin.bias[0]).detach()
+
+
+@register("logreg", linear=True)
 def logreg(input_shape, n_classes):
     """Multinomial logistic regression (a single linear layer on raw pixels)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), n_classes))
@@ -72,3 +116,67 @@ def cnn(input_shape, n_classes, c1=8, c2=16, hidden=128):
         nn.ReLU(),
         nn.Linear(hidden, n_classes),
     ).to(memory_format=torch.channels_last)
+
+
+class LinearSVM(nn.Module):
+    """f(x) = w . x + b, output as the two logits (-f/2, f/2): argmax is the sign of f."""
+
+    def __init__(self, n_inputs: int):
+        super().__init__()
+        self.linear = nn.Linear(n_inputs, 1)
+
+    def forward(self, x):
+        f = self.linear(x.flatten(1))
+        return torch.cat([-f / 2, f / 2], dim=1)
+
+
+@register("linear-svm", objective="hinge", binary=True, linear=True)
+def linear_svm(input_shape, n_classes):
+    """Linear support-vector machine: hinge loss; its L2 penalty is the `l2` training axis."""
+    return LinearSVM(math.prod(input_shape))
+
+
+class Maxout(nn.Module):
+    """A dense maxout layer: each unit is the max of `pieces` affine pieces (Goodfellow et al. 2013)."""
+
+    def __init__(self, n_in: int, units: int, pieces: int):
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.linear = nn.Linear(n_in, units * pieces)
+
+    def forward(self, x):
+        return self.linear(x).view(len(x), self.units, self.pieces).amax(2)
+
+
+@register("maxout")
+def maxout(input_shape, n_classes, pieces=5, units=240):
+    """Two maxout layers and a linear read-out: piecewise linear, like Goodfellow's MNIST maxout net."""
+    return nn.Sequential(
+        nn.Flatten(),
+        Maxout(math.prod(input_shape), units, pieces),
+        Maxout(units, units, pieces),
+        nn.Linear(units, n_classes),
+    )
+
+
+class RBF(nn.Module):
+    """One Gaussian prototype per class with a learned centre and per-input widths:
+    logit_k = -sum_i beta_ki (x_i - c_ki)^2, so p_k = exp(logit_k) is 1 at the centre and falls
+    off with distance. Far from every prototype, every class has a low probability."""
+
+    def __init__(self, n_inputs: int, n_classes: int):
+        super().__init__()
+        self.centres = nn.Parameter(torch.rand(n_classes, n_inputs))
+        # Initial precision 4/d: a typical initial logit of about -1 on [0, 1] images.
+        self.log_precision = nn.Parameter(torch.full((n_classes, n_inputs), math.log(4.0 / n_inputs)))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        beta = self.log_precision.exp()
+        # sum_i beta_ki (x_i - c_ki)^2 expanded into matrix products: no batch x class x input tensor.
+        return -(x.square() @ beta.T - 2 * x @ (beta * self.centres).T + (beta * self.centres.square()).sum(1))
+
+
+@register("rbf", objective="one_vs_rest")
+def rbf(input_shape, n_classes):
+    return RBF(math.prod(input_shape), n_classes)

@@ -69,7 +69,7 @@ class L2(_Norm):
     def unit_ball_sample(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
         # Uniform in the ball, not on a uniform radius: a Gaussian direction, radius U^(1/d).
         g = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-        d = g[0].numel()
+        d = math.prod(shape[1:])
         direction = g / _per_sample(g.flatten(1).norm(dim=1).clamp_min(_TINY), g)
         radius = torch.rand(shape[0], generator=generator, dtype=dtype, device=device) ** (1.0 / d)
         return direction * _per_sample(radius, g)

@@ -2,6 +2,8 @@
 
 Layout under a study's results URI:
     trials/<trial_id>.parquet   one file per trial, written atomically while the sweep runs
+    study/<evaluator>.parquet   rows of study evaluators (transfer), written after the trials
+    artifacts/<name>/<trial_id>.parquet   per-trial tables beside the rows (study.artifacts)
     results.parquet             every trial's rows, compacted at the end (deduplicated by row_key)
     manifest.json               spec, versions, git sha, times, trial states
 
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -35,8 +37,11 @@ COLUMNS = [
     ("seed", pa.int64(), "training", "training seed"),
     ("epochs", pa.int64(), "training", "training epochs"),
     ("lr", pa.float64(), "training", "Adam learning rate"),
+    ("lr_schedule", pa.string(), "training", "learning-rate schedule: constant, or cosine (decays to 0 over the training steps)"),
     ("batch_size", pa.int64(), "training", "training batch size"),
-    ("weight_decay", pa.float64(), "training", "L2 coefficient (gradient += weight_decay * w)"),
+    ("weight_decay", pa.float64(), "training", "Adam's L2 coefficient on every parameter (gradient += weight_decay * w)"),
+    ("l2", pa.float64(), "training", "lambda of the L2 penalty lambda * ||W||^2 on weights, biases excluded (the SVM's regularization)"),
+    ("pieces", pa.int64(), "training", "maxout: affine pieces per unit (null: the model's default, or not a maxout model)"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
@@ -48,6 +53,8 @@ COLUMNS = [
     ("steps", pa.int64(), "evaluation", "attack iterations (1 for FGSM)"),
     ("step_size", pa.float64(), "evaluation", "step size relative to eps"),
     ("restarts", pa.int64(), "evaluation", "random restarts (PGD)"),
+    ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target)"),
+    ("source_label", pa.string(), "evaluation", "transfer: the source model's label"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
@@ -56,6 +63,16 @@ COLUMNS = [
     ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),
     ("linf_mean", pa.float64(), "metric", "mean Linf norm of the successful perturbations"),
     ("linf_median", pa.float64(), "metric", "median Linf norm of the successful perturbations"),
+    ("adv_confidence_mean", pa.float64(), "metric", "mean confidence (the model's probability of the class it predicts) on the successful adversarial examples"),
+    ("theta_deg", pa.float64(), "metric", "geometry, linear two-class models: tilting angle between w and the nearest-centroid direction c1 - c0 (training set), degrees"),
+    ("centroid_dist", pa.float64(), "metric", "geometry: ||c1 - c0||_2, the distance between the two training-class centroids"),
+    ("d_adv_pred", pa.float64(), "metric", "geometry: Tanay's predicted adversarial distance 1/2 ||c1 - c0|| cos(theta)"),
+    ("min_eps_mean", pa.float64(), "metric", "geometry: mean minimal perturbation (in `norm`) that changes the prediction, over the correctly classified points it could change"),
+    ("min_eps_median", pa.float64(), "metric", "geometry: median minimal perturbation"),
+    ("rubbish_confident", pa.float64(), "metric", "rubbish: fraction of N(0, I) noise inputs (clipped to [0, 1]) classified with confidence > 0.5"),
+    ("confidence_mean", pa.float64(), "metric", "rubbish: mean confidence on the noise inputs"),
+    ("transfer_error", pa.float64(), "metric", "transfer: the target's error rate on the source's adversarial examples (every evaluation point)"),
+    ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
     ("from_store", pa.bool_(), "cost", "the model was loaded from the model store, not trained in this run"),
     ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
@@ -70,7 +87,7 @@ COLUMNS = [
 ]
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
 # The evaluation axes that, with trial_id, identify a row.
-KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts")
+KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "source_trial_id")
 
 
 class SchemaVersionError(ValueError):
@@ -89,7 +106,7 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -102,7 +119,15 @@ def trial_path(results_uri: str, trial_id: str) -> tuple:
 
 def write_trial(results_uri: str, trial_id: str, rows: list[dict]) -> str:
     fs, path = trial_path(results_uri, trial_id)
-    fsio.write_atomic(fs, path, _parquet_bytes(to_table(rows)))
+    fsio.write_atomic(fs, path, parquet_bytes(to_table(rows)))
+    return path
+
+
+def write_study_rows(results_uri: str, evaluator: str, rows: list[dict]) -> str:
+    """Rows of a study evaluator (one that runs after the trials, over all their models)."""
+    fs, base = fsio.resolve(results_uri)
+    path = fsio.join(base, "study", f"{evaluator}.parquet")
+    fsio.write_atomic(fs, path, parquet_bytes(to_table(rows)))
     return path
 
 
@@ -114,12 +139,13 @@ def read_table(fs, path: str) -> pa.Table:
     return table
 
 
-def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[str] | None = None) -> tuple[str, pa.Table]:
+def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[str] | None = None, study_rows: tuple[str, ...] = ()) -> tuple[str, pa.Table]:
     """Merge trials/*.parquet into results.parquet (one row per row_key). Returns (path, table).
 
     With ``trial_ids``, only those trials' files: a sweep compacts exactly the trials its spec
-    defines, not files an earlier, different spec left in the same folder. With ``pareto`` (an
-    Optuna search's Pareto trial ids), ``search_pareto`` is filled: true for those, false else."""
+    defines, not files an earlier, different spec left in the same folder. ``study_rows`` names
+    the study evaluators whose study/<name>.parquet joins them. With ``pareto`` (an Optuna
+    search's Pareto trial ids), ``search_pareto`` is filled: true for those, false else."""
     fs, base = fsio.resolve(results_uri)
     infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "trials"), allow_not_found=True))
     files = sorted(
@@ -127,6 +153,7 @@ def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[st
         for f in infos
         if f.extension == "parquet" and not f.base_name.startswith(".tmp-") and (trial_ids is None or f.base_name[: -len(".parquet")] in trial_ids)
     )
+    files += [p for p in (fsio.join(base, "study", f"{name}.parquet") for name in study_rows) if fsio.exists(fs, p)]
     tables = [read_table(fs, f) for f in files]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     # A re-run rewrites a trial's file whole, so a key can only repeat across files: keep one.
@@ -141,7 +168,7 @@ def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[st
         table = table.set_column(table.schema.get_field_index("search_pareto"), "search_pareto", marks)
     path = fsio.join(base, "results.parquet")
     table = table.replace_schema_metadata(SCHEMA.metadata)
-    fsio.write_atomic(fs, path, _parquet_bytes(table))
+    fsio.write_atomic(fs, path, parquet_bytes(table))
     return path, table
 
 

@@ -93,8 +93,11 @@ class TrainConfig(_Strict):
     model: str
     epochs: PosInt = 5
     lr: PosFloat = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the training steps
     batch_size: PosInt = 64
-    weight_decay: NonNegFloat = 0.0  # L2 coefficient: gradient += weight_decay * w
+    weight_decay: NonNegFloat = 0.0  # Adam's L2 coefficient on every parameter: gradient += weight_decay * w
+    l2: NonNegFloat = 0.0  # lambda: loss += lambda * ||W||^2 over weight matrices and kernels, biases excluded
+    pieces: Optional[PosInt] = None  # maxout: affine pieces per unit (model default when null)
     adversarial: Optional[AdversarialTraining] = None
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
 
@@ -135,7 +138,7 @@ class RobustnessEval(_Strict):
                 raise ValueError(f"norms.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
         return self
 
-    def n_rows(self) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps)."""
         return sum(len(axes.eps) * (len(self.attacks) + 1) for axes in self.norms.values())
 
@@ -145,8 +148,82 @@ class RobustnessEval(_Strict):
         }
 
 
-Evaluator = Annotated[Union[RobustnessEval], Field(discriminator="evaluator")]
-EVALUATORS = ("robustness",)
+class Bisection(_Strict):
+    """Minimal eps per point by bisection on eps, each round one batched PGD run."""
+
+    steps: PosInt = 50
+    iters: PosInt = 14  # halvings of each point's bracket: about 1e-4 of the starting range
+    restarts: PosInt = 1
+    n_points: Optional[PosInt] = None  # bisect the first n correctly classified points (all when null)
+
+
+class GeometryEval(_Strict):
+    """Boundary tilting and minimal perturbations (study.evaluators.geometry). The closed forms
+    need a linear two-class model; the PGD bisection runs on any model."""
+
+    evaluator: Literal["geometry"]
+    norms: Annotated[list[Literal[tuple(NORMS)]], Field(min_length=1)] = ["l2", "linf"]
+    bisection: Optional[Bisection] = Bisection()  # null: closed forms only
+    plane_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 400  # per split, projected on the tilting plane
+    perturbation_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=16)] = 3  # test images kept with their minimal L2 perturbation
+
+    @field_validator("norms")
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("values must be distinct")
+        return v
+
+    def n_rows(self, linear_binary: bool) -> int:
+        methods = (2 if linear_binary else 0) + (self.bisection is not None)
+        return methods * len(self.norms)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class RubbishEval(_Strict):
+    """Goodfellow's rubbish-class check: N(0, I) noise clipped to [0, 1], no true class; the
+    fraction of inputs the model classifies with confidence > 0.5."""
+
+    evaluator: Literal["rubbish"]
+    samples: PosInt = 1000
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class TransferEval(_Strict):
+    """Adversarial examples crafted on every trained model of the study and classified by every
+    other: run once after all trials (study.evaluators.transfer)."""
+
+    evaluator: Literal["transfer"]
+    attack: Literal[ATTACKS] = "fgsm"
+    norm: Literal[tuple(NORMS)] = "linf"
+    eps: Annotated[list[PosFloat], Field(min_length=1)]
+    steps: PosInt = 10  # bim and pgd
+    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if len(set(self.eps)) != len(self.eps):
+            raise ValueError("eps: values must be distinct")
+        if self.norm == "linf" and max(self.eps) > 1:
+            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        return self
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 0  # its rows are written after the trials, one per (source, target, eps)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval], Field(discriminator="evaluator")]
+EVALUATORS = ("robustness", "geometry", "rubbish", "transfer")
 
 
 Mode = Literal["max", "min"]
@@ -253,9 +330,25 @@ class StudySpec(_Strict):
                 where = f"search.metric[{i}]" if isinstance(self.search.metric, list) else "search.metric"
                 examples = ", ".join(sorted(known)[:4])
                 raise ValueError(f"{where}: unknown metric {metric!r} (e.g. {examples})")
+        self._check_models()
         if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
             raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
+
+    def _check_models(self):
+        """Every model the study can train accepts the model hyperparameters it sets, and a
+        two-class model gets two classes."""
+        options = self.train["model"].values if self.train["model"].kind in ("value", "grid", "choice") else []
+        for name in models.MODEL_PARAMS:
+            axis = self.train.get(name)
+            if axis is None or all(v is None for v in axis.values):
+                continue
+            for m in options:
+                if name not in models.MODELS[m].params():
+                    raise ValueError(f"train.{name}: model {m} takes no {name} (models that do: {', '.join(k for k, e in models.MODELS.items() if name in e.params())})")
+        for m in options:
+            if models.MODELS[m].binary and len(self.data.classes or ()) != 2:
+                raise ValueError(f"train.model: {m} separates two classes: set data.classes to two labels, e.g. [2, 3]")
 
     @property
     def results_uri(self) -> str:
@@ -310,8 +403,23 @@ class StudySpec(_Strict):
         grid = math.prod(len(a.values) for a in self.train.values() if a.kind == "grid")
         return grid * self.search.num_samples
 
-    def rows_per_trial(self) -> int:
-        return sum(e.n_rows() for e in self.evaluate)
+    def rows_per_trial(self, model: str) -> int:
+        """Rows a trial of ``model`` writes (the geometry evaluator's closed forms need a linear
+        two-class model)."""
+        entry = models.MODELS[model]
+        linear_binary = entry.linear and (entry.binary or len(self.data.classes or ()) == 2)
+        return sum(e.n_rows(linear_binary) for e in self.evaluate)
+
+    def transfer_rows(self, n_models: int) -> int:
+        """Rows the transfer evaluator writes after the trials: every (source, target, eps)."""
+        return sum(n_models**2 * len(e.eps) for e in self.evaluate if e.evaluator == "transfer")
+
+    def expected_rows(self) -> int | None:
+        """Rows the sweep writes when every trial finishes (None: configs sampled at run time)."""
+        configs = self.grid_configs()
+        if configs is None:
+            return None
+        return sum(self.rows_per_trial(c["model"]) for c in configs) + self.transfer_rows(len(configs))
 
     def max_epochs(self) -> int:
         """The most epochs any trial can train (the bound a scheduler needs)."""

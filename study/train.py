@@ -1,8 +1,11 @@
-"""The one training loop: cross-entropy, weight decay, optional adversarial training.
+"""The one training loop: the model's objective, L2 penalties, optional adversarial training.
 
-Adversarial training minimises alpha * J(x) + (1 - alpha) * J(x_adv) (Goodfellow et al.), with
-x_adv from FGSM or PGD at the configured eps and norm; alpha = 1 is standard training and
-alpha = 0 pure adversarial training. Everything is seeded by the config's seed.
+J is the model's training loss (study.objectives: cross-entropy, hinge, one-vs-rest), plus
+``l2`` * ||W||^2 over weight matrices and kernels (biases excluded: the SVM's lambda), plus
+Adam's ``weight_decay`` on every parameter. Adversarial training minimises
+alpha * J(x) + (1 - alpha) * J(x_adv) (Goodfellow et al.), with x_adv from FGSM or PGD at the
+configured eps and norm; alpha = 1 is standard training and alpha = 0 pure adversarial
+training. Everything is seeded by the config's seed.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from study import attacks, models, norms
+from study import attacks, models, norms, objectives
 from study.spec import TrainConfig
 
 
 def init_model(cfg: TrainConfig, input_shape, n_classes: int) -> torch.nn.Module:
+    params = {name: getattr(cfg, name) for name in models.MODEL_PARAMS if getattr(cfg, name) is not None}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return models.build(cfg.model, input_shape, n_classes)
+        return models.build(cfg.model, input_shape, n_classes, **params)
+
+
+def weight_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """||W||^2 summed over the weights of linear and convolution layers (not biases, not e.g.
+    the RBF's centres and widths)."""
+    return sum(p.square().sum() for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1)
 
 
 @torch.no_grad()
@@ -48,6 +57,10 @@ def train(
     """Train in place; report {train_loss, clean_acc} after every epoch. Returns final metrics."""
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = -(-len(x) // cfg.batch_size)
+    # Cosine decay to 0 over all steps: Adam's steps shrink with it, so a convex objective (the
+    # SVM's) converges instead of hovering at a noise floor of about lr per coordinate.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * batches) if cfg.lr_schedule == "cosine" else None
     adv = cfg.adversarial
     if adv is not None:
         attack = attacks.make(adv.attack, steps=adv.steps, step_size=adv.step_size)
@@ -60,15 +73,19 @@ def train(
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, yb = x[idx].to(x_eval.device), y[idx].to(x_eval.device)
             if adv is None or adv.alpha == 1:
-                loss = F.cross_entropy(model(xb), yb)
+                loss = objectives.loss(model, model(xb), yb)
             else:
                 x_adv = attack(model, xb, yb, adv.eps, norm, generator=gen)
-                loss = (1 - adv.alpha) * F.cross_entropy(model(x_adv), yb)
+                loss = (1 - adv.alpha) * objectives.loss(model, model(x_adv), yb)
                 if adv.alpha > 0:
-                    loss = loss + adv.alpha * F.cross_entropy(model(xb), yb)
+                    loss = loss + adv.alpha * objectives.loss(model, model(xb), yb)
+            if cfg.l2:
+                loss = loss + cfg.l2 * weight_penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if schedule:
+                schedule.step()
             total += loss.item() * len(idx)
             count += len(idx)
         metrics = {"epoch": epoch, "train_loss": total / count, "clean_acc": accuracy(model, x_eval, y_eval)}

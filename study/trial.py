@@ -19,6 +19,7 @@ from ray import tune
 
 from study import evaluators, results
 from study.data import Dataset
+from study.evaluators import transfer
 from study.spec import StudySpec, TrainConfig, adversarial_name
 from study.store import ModelStore, model_key
 from study.train import init_model, train
@@ -64,8 +65,11 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         seed=cfg.seed,
         epochs=cfg.epochs,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         batch_size=cfg.batch_size,
         weight_decay=cfg.weight_decay,
+        l2=cfg.l2,
+        pieces=cfg.pieces,
         adv_attack=adv.attack if adv else None,
         adv_norm=adv.norm if adv else None,
         adv_eps=adv.eps if adv else None,
@@ -118,26 +122,12 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         store.save(key, model, meta)
 
     rows = []
-    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed)
+    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri)
     eval_start = time.perf_counter()
     for axes in spec.evaluate:
         rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
-    common = dict(
-        study=spec.name,
-        trial_id=tid,
-        label=name,
-        **training_columns(cfg, spec),
-        train_s=meta["train_s"],
-        from_store=from_store,
-        device=str(device),
-        node_id=_node_id(),
-        created_at=datetime.now(timezone.utc),
-        **study.provenance,
-    )
-    for row in rows:
-        row.update(common)
-        row["row_key"] = results.row_key(tid, row)
+    _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
@@ -153,6 +143,55 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness"})
     report(final)
+
+
+def _fill(rows: list[dict], study: StudyContext, cfg: TrainConfig, tid: str, name: str, train_s, from_store: bool, device) -> None:
+    """Complete evaluator rows with the trial's identity, training axes, cost and provenance."""
+    common = dict(
+        study=study.spec.name,
+        trial_id=tid,
+        label=name,
+        **training_columns(cfg, study.spec),
+        train_s=train_s,
+        from_store=from_store,
+        device=str(device),
+        node_id=_node_id(),
+        created_at=datetime.now(timezone.utc),
+        **study.provenance,
+    )
+    for row in rows:
+        row.update(common)
+        row["row_key"] = results.row_key(tid, row)
+
+
+def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]) -> int:
+    """After the trials: the study evaluators (transfer) over the models of the finished trials
+    (``configs``: their resolved training configs), loaded from the store. Writes
+    study/<evaluator>.parquet under the results; returns the number of rows."""
+    spec = study.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    device = select_device(spec.resources.device, spec.resources.gpu)
+    x, y = _tensor(data.x_test, device), _tensor(data.y_test, device)
+    swept = [n for n, a in spec.train.items() if a.kind != "value"]
+    store = ModelStore(study.store_uri)
+    members, trained = [], {}
+    for raw in configs:
+        cfg = TrainConfig.model_validate(raw)
+        model = init_model(cfg, data.input_shape, data.n_classes).to(device)
+        meta = store.load(model_key(cfg.model_dump(mode="json"), data.fingerprint), model)
+        if meta is None:
+            raise RuntimeError(f"transfer: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
+        member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
+        members.append(member)
+        trained[member.trial_id] = (cfg, meta["train_s"])
+    rows = []
+    for axes in spec.evaluate:
+        if axes.evaluator == "transfer":
+            rows += transfer.evaluate(members, x, y, axes, spec.seed)
+    for tid, (cfg, train_s) in trained.items():
+        _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, label(cfg, swept), train_s, True, device)
+    results.write_study_rows(study.results_uri, "transfer", rows)
+    return len(rows)
 
 
 def _node_id() -> str | None:

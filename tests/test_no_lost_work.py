@@ -69,7 +69,7 @@ def events(log: Path) -> list[tuple[str, str]]:
 def assert_complete(results: Path) -> pl.DataFrame:
     spec = load_spec(SPEC)
     df = pl.read_parquet(results / "results.parquet")
-    assert df.height == spec.n_trials() * spec.rows_per_trial() == 24
+    assert df.height == spec.expected_rows() == 24
     assert df["row_key"].n_unique() == df.height
     assert df["trial_id"].n_unique() == spec.n_trials()
     manifest = json.loads((results / "manifest.json").read_text())

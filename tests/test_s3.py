@@ -87,7 +87,7 @@ def test_analysis_load_reads_s3_results_back(s3_sweep):
     results, _ = s3_sweep
     spec = load_spec(SPEC)
     df = load(results).collect()
-    assert df.height == spec.n_trials() * spec.rows_per_trial()
+    assert df.height == spec.expected_rows()
     assert df["row_key"].n_unique() == df.height
     fgsm = df.filter(pl.col("attack") == "fgsm", pl.col("eps") == 0.25)
     assert (1 - fgsm["robust_acc"] >= 0.9).all()  # the same numbers as a local run (test_sweep)

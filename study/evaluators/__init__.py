@@ -1,26 +1,52 @@
-"""Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns)."""
+"""Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns).
+
+Per-trial evaluators run inside a trial against its one model. ``transfer`` is a study
+evaluator: it needs every trial's model, so jobs.sweep runs it once after the trials.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from study.evaluators import robustness
+from study import artifacts
+from study.evaluators import geometry, robustness, rubbish
+from study.train import predict
 
 
 @dataclass
 class EvalContext:
-    """What one trial hands every evaluator: its trained model and the evaluation split."""
+    """What one trial hands every evaluator: its trained model, the evaluation split, the
+    training split (for its class geometry), and where artifacts go."""
 
     model: torch.nn.Module
     x: torch.Tensor
     y: torch.Tensor
     seed: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    trial_id: str
+    results_uri: str
+
+    @cached_property
+    def correct(self) -> torch.Tensor:
+        return predict(self.model, self.x) == self.y
+
+    @cached_property
+    def clean_acc(self) -> float:
+        return self.correct.float().mean().item()
+
+    def write_artifact(self, name: str, columns: dict) -> str:
+        return artifacts.write(self.results_uri, name, self.trial_id, columns)
 
 
-EVALUATORS = {"robustness": robustness.evaluate}
+EVALUATORS = {"robustness": robustness.evaluate, "geometry": geometry.evaluate, "rubbish": rubbish.evaluate}
+STUDY_EVALUATORS = ("transfer",)
 
 
 def run(ctx: EvalContext, axes) -> list[dict]:
+    if axes.evaluator in STUDY_EVALUATORS:
+        return []
     return EVALUATORS[axes.evaluator](ctx, axes)

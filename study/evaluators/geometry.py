@@ -1,0 +1,106 @@
+"""Geometry: boundary tilting (Tanay) and minimal adversarial perturbations (study.geometry).
+
+For a linear two-class model f(x) = w . x + b (linear-svm; logreg on two classes), every row
+carries the tilting angle theta between w and the nearest-centroid direction c1 - c0 of the
+training set, ||c1 - c0|| and Tanay's predicted d_adv = 1/2 ||c1 - c0|| cos(theta), and per
+norm the distribution of the exact minimal perturbation of every correctly classified test
+point: `closed-form` (|f(x)| / ||w||_dual, no box) and `closed-form-box` (the exact minimum
+that keeps x + delta in [0, 1]). For any model, `pgd-bisection` finds each point's minimal
+eps by bisection with PGD; on a linear model it should match `closed-form-box`.
+
+Artifacts (study.artifacts), linear two-class models only: `tilting-plane`, a sample of train
+and test points projected on the plane spanned by c1 - c0 and w, with the decision line; and
+`perturbation`, a few test images with their minimal L2 perturbation (box-constrained).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from study import geometry, models
+
+BOX_LIMIT = {"linf": 1.0}  # the largest useful radius: the box's Linf diameter; L2: sqrt(d)
+
+
+def evaluate(ctx, axes) -> list[dict]:
+    xc = ctx.x[ctx.correct]
+    common = dict(evaluator="geometry", n_eval=len(ctx.y), clean_acc=ctx.clean_acc)
+    rows = []
+    linear = models.binary_linear(ctx.model)
+    if linear is not None:
+        w, b = (t.to(xc) for t in linear)
+        c0, c1 = geometry.centroids(ctx.x_train, ctx.y_train)
+        theta = geometry.tilting_angle(w, c1 - c0)
+        common.update(theta_deg=theta, centroid_dist=float((c1 - c0).norm()), d_adv_pred=geometry.predicted_d_adv(c0, c1, theta))
+        for norm in axes.norms:
+            rows.append(_row(common, "closed-form", norm, geometry.min_perturbation_free(w, b, xc, norm)))
+            rows.append(_row(common, "closed-form-box", norm, geometry.min_perturbation_box(w, b, xc, norm)[0]))
+        _write_plane(ctx, axes, w, b, c0, c1)
+        _write_perturbations(ctx, axes, w, b, xc)
+    if axes.bisection is not None:
+        bis = axes.bisection
+        points = xc[: bis.n_points] if bis.n_points else xc
+        labels = ctx.y[ctx.correct][: len(points)]
+        for norm in axes.norms:
+            gen = torch.Generator(device=xc.device).manual_seed(ctx.seed)
+            hi = BOX_LIMIT.get(norm, math.sqrt(xc[0].numel()))
+            found = geometry.minimal_eps_bisection(ctx.model, points, labels, norm, hi=hi, iters=bis.iters, steps=bis.steps, restarts=bis.restarts, generator=gen)
+            rows.append(_row(common, "pgd-bisection", norm, found, steps=bis.steps, restarts=bis.restarts))
+    return rows
+
+
+def _row(common: dict, method: str, norm: str, dist: torch.Tensor, **settings) -> dict:
+    finite = dist[torch.isfinite(dist)].cpu()
+    return dict(
+        common,
+        attack=method,
+        norm=norm,
+        **settings,
+        success_rate=float(len(finite) / len(dist)) if len(dist) else None,
+        min_eps_mean=float(finite.mean()) if len(finite) else None,
+        min_eps_median=float(finite.median()) if len(finite) else None,
+    )
+
+
+def _sample(n_total: int, k: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randperm(n_total, generator=gen)[:k]
+
+
+def _write_plane(ctx, axes, w, b, c0, c1) -> None:
+    if not axes.plane_points:
+        return
+    cols = {"split": [], "label": [], "u": [], "v": [], "f": []}
+    for split, x, y in (("train", ctx.x_train, ctx.y_train), ("test", ctx.x, ctx.y)):
+        idx = _sample(len(x), axes.plane_points, ctx.seed).to(x.device)
+        uv, line = geometry.tilting_plane(w, b, c0, c1, x[idx])
+        cols["split"] += [split] * len(idx)
+        cols["label"] += y[idx].tolist()
+        cols["u"] += uv[:, 0].tolist()
+        cols["v"] += uv[:, 1].tolist()
+        cols["f"] += (x[idx].flatten(1) @ w + b).tolist()
+    n = len(cols["u"])
+    ctx.write_artifact("tilting-plane", {**cols, **{k: [float(v)] * n for k, v in line.items()}})
+
+
+def _write_perturbations(ctx, axes, w, b, xc) -> None:
+    """The first test images with their minimal box-constrained L2 perturbation, as pixels."""
+    k = min(axes.perturbation_points, len(xc))
+    if not k:
+        return
+    x = xc[:k]
+    dist, delta = geometry.min_perturbation_box(w, b, x, "l2")
+    channels, height, width = x.shape[1:]
+    cols = {"point": [], "kind": [], "pixels": [], "channels": [], "height": [], "width": [], "l2": []}
+    for i in range(k):
+        for kind, img in (("x", x[i]), ("delta", delta[i]), ("x_adv", x[i] + delta[i])):
+            cols["point"].append(i)
+            cols["kind"].append(kind)
+            cols["pixels"].append(img.flatten().float().cpu().tolist())
+            cols["channels"].append(channels)
+            cols["height"].append(height)
+            cols["width"].append(width)
+            cols["l2"].append(float(dist[i]))
+    ctx.write_artifact("perturbation", cols)
