@@ -144,6 +144,8 @@ def heatmap(
         color=alt.Color("robust_acc:Q", title=f"robust accuracy ({attack})", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
         tooltip=[alt.Tooltip("label:N", title="best model"), alt.Tooltip("models:Q"), alt.Tooltip("robust_acc:Q", format=".3f"), alt.Tooltip("clean_acc:Q", format=".3f")],
     )
+    # Drawn after every cell, so no neighbour's edge covers it.
+    diagonal = base.transform_filter("datum.same").mark_rect(filled=False, stroke="#222", strokeWidth=2)
     text = base.mark_text(fontSize=12).encode(
         text=alt.Text("robust_acc:Q", format=".2f"),
         color=alt.condition("datum.robust_acc > 0.6", alt.value("black"), alt.value("white")),
@@ -177,3 +179,45 @@ def perturbation_sizes(frame: pl.DataFrame | pl.LazyFrame) -> alt.FacetChart:
         .properties(width=55 * max(len(order), 1), height=180)
     )
     return box.facet(data=_values(df, ["attack", "norm", "size"]), column=alt.Column("norm:N", title="norm")).resolve_scale(y="independent")
+
+
+def transfer_matrix(frame: pl.DataFrame | pl.LazyFrame) -> alt.TopLevelMixin:
+    """The `transfer` evaluator's error matrix: a cell per (source, target) model, coloured and
+    labelled with the target's error rate on the source's adversarial examples (0 to 1), one
+    panel per eps. Rows: the source (the model the examples were crafted on); columns: the target.
+    The diagonal (outlined) is each model's own error under the attack. Tooltip: ``agreement``, over the
+    points both get wrong, how often the target predicts the source's wrong class."""
+    df = eager(frame).filter(pl.col("evaluator") == "transfer", pl.col("transfer_error").is_not_null())
+    if df.is_empty():
+        raise ValueError("no transfer rows")
+    order = sorted(set(df.get_column("label").to_list()) | set(df.get_column("source_label").to_list()))
+    cells = df.select(
+        "eps", "attack", "norm", "transfer_error", "agreement", target="label", source="source_label", same=pl.col("trial_id") == pl.col("source_trial_id")
+    )
+    side = max(34, min(60, 520 // max(len(order), 1)))
+    base = alt.Chart().encode(
+        x=alt.X("target:N", title="target (classifies the examples)", sort=order, axis=alt.Axis(labelAngle=-40, labelLimit=220)),
+        y=alt.Y("source:N", title="source (examples crafted on)", sort=order, axis=alt.Axis(labelLimit=220)),
+    )
+    rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        color=alt.Color("transfer_error:Q", title="transfer error", scale=alt.Scale(domain=[0, 1], scheme="orangered")),
+        tooltip=[
+            alt.Tooltip("source:N"),
+            alt.Tooltip("target:N"),
+            alt.Tooltip("eps:Q", format="g"),
+            alt.Tooltip("transfer_error:Q", title="transfer error", format=".3f"),
+            alt.Tooltip("agreement:Q", title="agreement on wrong class", format=".3f"),
+        ],
+    )
+    # Drawn after every cell, so no neighbour's edge covers it.
+    diagonal = base.transform_filter("datum.same").mark_rect(filled=False, stroke="#222", strokeWidth=2)
+    text = base.mark_text(fontSize=11 if side >= 42 else 9).encode(
+        text=alt.Text("transfer_error:Q", format=".2f"),
+        color=alt.condition("datum.transfer_error > 0.55", alt.value("white"), alt.value("black")),
+    )
+    norm = cells.get_column("norm").first()
+    attack = cells.get_column("attack").first()
+    layered = alt.layer(rect, diagonal, text, data=_values(cells, ["eps", "target", "source", "transfer_error", "agreement", "same"])).properties(
+        width=alt.Step(side), height=alt.Step(side)
+    )
+    return layered.facet(facet=alt.Facet("eps:O", title=f"{attack} {norm} eps", header=alt.Header(labelFontSize=12)), columns=2)

@@ -20,9 +20,13 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, frontier
+from analysis import charts, frontier, images, tilting
 from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
+from study import artifacts
 
+ARTIFACTS = ("tilting-plane", "perturbation")
+# A study varying one training axis gets a one-row heatmap; with more values than this, none.
+HEATMAP_MAX_STRIP = 8
 PROVENANCE = ("advsweep_version", "git_sha", "torch_version", "ray_version", "python_version", "started_at", "finished_at", "wall_s")
 
 
@@ -43,8 +47,17 @@ def _varying(df: pl.DataFrame) -> list[str]:
     return [c for c in TRAINING_AXES if df.get_column(c).n_unique() > 1]
 
 
-def build_charts(df: pl.DataFrame) -> list[tuple[str, str, str, alt.TopLevelMixin]]:
-    """(file stem, title, what it shows, chart) for every chart of the report."""
+def read_artifacts(results: str) -> dict[str, pl.DataFrame]:
+    """The per-trial artifacts the report draws (``study.artifacts``), by name; absent ones left out."""
+    found = {name: artifacts.read(results, name) for name in ARTIFACTS}
+    return {name: frame for name, frame in found.items() if frame is not None and not frame.is_empty()}
+
+
+def _robustness(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("evaluator") == "robustness")
+
+
+def _robustness_charts(df: pl.DataFrame) -> list[tuple[str, str, str, alt.TopLevelMixin]]:
     varying = _varying(df)
     color = "adversarial" if "adversarial" in varying else (varying or ["label"])[0]
     # Rows: adversarial training when the study varies it; columns: the next axis it varies.
@@ -62,12 +75,65 @@ def build_charts(df: pl.DataFrame) -> list[tuple[str, str, str, alt.TopLevelMixi
             "Opaque points are on the Pareto frontier (no other model is at least as good in both and better in one); the line bounds the region they dominate.",
             charts.frontier(df, attack=attack, norm=norm, color=color),
         ))
+        if len(varying) < 2 and df.get_column(x).n_unique() > HEATMAP_MAX_STRIP:
+            continue  # one row of many cells, wider than any page: the curves and frontier show it
         out.append((
             f"heatmap-{norm}", f"Heatmap, {norm}",
             f"Robust accuracy ({attack}) over {x} and {y} per {norm} eps; where other axes vary, the best model of the cell (tooltip).",
             charts.heatmap(df, x=x, y=y, attack=attack, norm=norm),
         ))
     out.append(("perturbations", "Perturbation sizes", "Mean size of the successful perturbations of each attack, in the attack's norm, over every model and eps > 0.", charts.perturbation_sizes(df)))
+    return out
+
+
+def _has_tilting_curve(df: pl.DataFrame) -> bool:
+    geo = df.filter(pl.col("evaluator") == "geometry", pl.col("theta_deg").is_not_null(), pl.col("l2") > 0)
+    return geo.get_column("l2").n_unique() > 1
+
+
+def build_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+    """(file stem, title, what it shows, chart) for every chart of the report: an altair chart,
+    or PNG bytes for an image (the perturbation grid). Each evaluator's charts appear when its
+    rows do; ``found``: the artifacts (``read_artifacts``) for the tilting plane and the grid."""
+    found = found or {}
+    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
+    robustness = _robustness(df)
+    if not robustness.is_empty():
+        out += _robustness_charts(robustness)
+    if _has_tilting_curve(df):
+        out.append((
+            "tilting-curve", "Boundary tilting against lambda",
+            "Linear two-class models (geometry evaluator) against the L2 penalty lambda. Theta, the angle between w and the centroid direction c1 - c0, on the left axis "
+            "of both panels; top, right axis: the median minimal L2 perturbation of the correctly classified test points (exact, closed form) and Tanay's prediction "
+            "1/2 ||c1 - c0|| cos theta; bottom, right axis: the test error.",
+            tilting.tilting_curve(df),
+        ))
+    plane = found.get("tilting-plane")
+    if plane is not None and plane.get_column("trial_id").is_in(df.get_column("trial_id").unique().to_list()).any():
+        out.append((
+            "tilting-plane", "The tilting plane",
+            "Train (faint circles) and test (triangles) points projected on the plane spanned by the centroid direction c1 - c0 (u, origin at the centroids' midpoint) "
+            "and the part of w orthogonal to it (v), with the decision line f = 0, for a few lambdas; u and v share one scale, so the line's tilt is true. "
+            "Untilted (theta = 0), the line is vertical.",
+            tilting.plane_scatter(plane, df),
+        ))
+    pert = found.get("perturbation")
+    if pert is not None and not pert.filter(pl.col("point") == 0).is_empty():
+        by = "lambda" if _has_tilting_curve(df) else "label"
+        out.append((
+            "perturbation-grid", "Minimal perturbation images",
+            f"The first correctly classified test point of every trial (rows, by {by}): the image x, its minimal L2 perturbation delta that keeps x + delta in [0, 1] "
+            "(mid gray = 0, white / black = +/- the row's max |delta|: each row has its own scale), and the adversarial example x + delta on the decision boundary.",
+            images.perturbation_grid(pert, df, point=0),
+        ))
+    transfer = df.filter(pl.col("evaluator") == "transfer", pl.col("transfer_error").is_not_null())
+    if not transfer.is_empty():
+        out.append((
+            "transfer", "Transfer matrix",
+            "Error rate of the target model (column) on adversarial examples crafted on the source model (row), one panel per eps. "
+            "The outlined diagonal is each model's own error under the attack; the tooltip adds agreement, the fraction of points both get wrong where they predict the same class.",
+            charts.transfer_matrix(transfer),
+        ))
     return out
 
 
@@ -87,15 +153,69 @@ def _settings(df: pl.DataFrame) -> list[str]:
     return [c for c in per_curve.columns[3:] if per_curve.get_column(c).max() > 1]
 
 
-def summary_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
+def _by_lambda(table: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
+    """``table`` (one row per label) in label order, or by lambda when the study varies `l2`
+    (labels like `l2=1e-06` and `l2=0.0001` sort wrongly as text)."""
+    lambdas = df.group_by("label").agg(pl.col("l2").first().alias("_lambda"))
+    if lambdas.get_column("_lambda").drop_nulls().n_unique() < 2:
+        return table.sort("label")
+    return table.join(lambdas, on="label", how="left").sort(["_lambda", "label"], nulls_last=True).drop("_lambda")
+
+
+def _robustness_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
     settings = _settings(df.filter(pl.col("robust_acc").is_not_null()))
     best = frontier.best_per_point(df).select("norm", "attack", *settings, "eps", "robust_acc", "clean_acc", pl.col("label").alias("best model"))
     curve = pl.concat_str(["norm", pl.lit(" "), "attack", *(pl.format(f" {c}={{}}", pl.col(c).cast(pl.String).fill_null("-")) for c in settings)])
     area = frontier.robustness_area(df).with_columns(curve=curve).pivot(on="curve", index="label", values="robust_auc", sort_columns=True).sort("label")
-    return [
+    out = [
         ("Best robust accuracy", "The most robust model at each norm, attack and eps > 0.", best),
         ("Area under the robustness curve", "Mean robust accuracy over [0, eps max] of each norm (trapezoid rule), per model and attack.", area),
     ]
+    conf = df.filter(pl.col("eps") > 0, pl.col("attack") != "worst", pl.col("adv_confidence_mean").is_not_null())
+    if not conf.is_empty():
+        # At the largest eps of each attack and norm: one column each keeps the table narrow.
+        top = conf.filter(pl.col("eps") == pl.col("eps").max().over("attack", "norm"))
+        point = pl.format("{} {} {}", "attack", "norm", pl.col("eps").round(6).cast(pl.String))
+        table = (
+            top.with_columns(point=point)
+            .pivot(on="point", index="label", values="adv_confidence_mean", aggregate_function="mean", sort_columns=True)
+            .join(top.group_by("label").agg(pl.col("clean_acc").first()), on="label")
+        )
+        out.append((
+            "Confidence on mistakes",
+            "Mean confidence (probability of the predicted class) on the successful adversarial examples, at the largest eps of each attack and norm.",
+            _by_lambda(table, df),
+        ))
+    return out
+
+
+def summary_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
+    """(title, what, table) for every table of the report; each evaluator's appear when its rows do."""
+    out = []
+    robustness = _robustness(df)
+    if not robustness.is_empty():
+        out += _robustness_tables(robustness)
+    geometry = df.filter(pl.col("evaluator") == "geometry", pl.col("min_eps_median").is_not_null())
+    if not geometry.is_empty():
+        method = pl.format("{} {}", "attack", "norm")
+        table = geometry.with_columns(method=method).pivot(on="method", index="label", values="min_eps_median", aggregate_function="first", sort_columns=True)
+        if geometry.get_column("theta_deg").is_not_null().any():
+            extra = geometry.group_by("label").agg(pl.col("theta_deg", "d_adv_pred").first())
+            table = extra.join(table, on="label")
+        out.append((
+            "Minimal perturbations (geometry)",
+            "Geometry evaluator: the median smallest perturbation (in the norm) that changes the prediction of a correctly classified test point, per method; "
+            "for linear two-class models also theta (degrees) and Tanay's predicted d_adv.",
+            _by_lambda(table, geometry),
+        ))
+    rubbish = df.filter(pl.col("evaluator") == "rubbish")
+    if not rubbish.is_empty():
+        out.append((
+            "Rubbish inputs",
+            "N(0, I) noise clipped to [0, 1]: the fraction of noise inputs each model classifies with confidence > 0.5, and its mean confidence on them.",
+            rubbish.select("label", "rubbish_confident", "confidence_mean", "clean_acc").sort("label"),
+        ))
+    return out
 
 
 def provenance(df: pl.DataFrame, manifest: dict | None) -> tuple[str, pl.DataFrame]:
@@ -121,6 +241,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 3px 10px; text-align: left; }
 th { background: #f4f4f4; }
 .chart { margin: .5em 0 .25em; min-height: 100px; }
 .chart.failed { color: #b00; }
+img.figure { display: block; margin: .5em 0 .25em; max-width: 100%; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 12px; }
 """
 
@@ -143,7 +264,8 @@ def _json_script(id_: str, value) -> str:
     return f'<script type="application/json" id="{id_}">{text}</script>'
 
 
-def render_html(study: str, df: pl.DataFrame, manifest: dict | None, chart_specs: list[tuple[str, str, str, dict]]) -> str:
+def render_html(study: str, df: pl.DataFrame, manifest: dict | None, chart_specs: list[tuple[str, str, str, dict | None]]) -> str:
+    """The page; a chart whose spec is None is an image: ``<stem>.png`` beside the page."""
     trials = df.get_column("trial_id").n_unique()
     state = "finished" if manifest else "in progress (no manifest.json yet)"
     parts = [
@@ -154,11 +276,11 @@ def render_html(study: str, df: pl.DataFrame, manifest: dict | None, chart_specs
     for title, what, table in summary_tables(df):
         parts += [f"<h2>{html.escape(title)}</h2><p>{html.escape(what)}</p>", _table(table)]
     for stem, title, what, spec in chart_specs:
-        parts += [
-            f'<h2>{html.escape(title)}</h2><p>{html.escape(what)} <a href="{stem}.png">PNG</a></p>',
-            f'<div class="chart" id="{stem}"></div>',
-            _json_script(f"spec-{stem}", spec),
-        ]
+        parts.append(f'<h2>{html.escape(title)}</h2><p>{html.escape(what)} <a href="{stem}.png">PNG</a></p>')
+        if spec is None:  # an image, not a Vega-Lite chart: the PNG beside the page
+            parts.append(f'<img class="figure" id="{stem}" src="{stem}.png" alt="{html.escape(title)}">')
+        else:
+            parts += [f'<div class="chart" id="{stem}"></div>', _json_script(f"spec-{stem}", spec)]
     note, versions = provenance(df, manifest)
     parts += ["<h2>Versions</h2>", f"<p>{html.escape(note)}</p>", _table(versions), "<h2>Trials</h2>", _table(trial_states(df, manifest))]
     if manifest and "spec" in manifest:
@@ -177,7 +299,11 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
     out_dir = Path(out) if out else Path("report") / study
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
-    for stem, title, what, chart in build_charts(df):
+    for stem, title, what, chart in build_charts(df, read_artifacts(results)):
+        if isinstance(chart, bytes):
+            (out_dir / f"{stem}.png").write_bytes(chart)
+            specs.append((stem, title, what, None))
+            continue
         spec = chart.to_dict()
         (out_dir / f"{stem}.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=2))
         specs.append((stem, title, what, spec))

@@ -54,3 +54,18 @@ def numbers_sweep(ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def goodfellow_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, ROOT / "search_spaces" / "goodfellow-logreg.yaml", "goodfellow")
+
+
+@pytest.fixture(scope="session")
+def tilting_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, ROOT / "search_spaces" / "tilting.yaml", "tilting")
+
+
+@pytest.fixture(scope="session")
+def transfer_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "transfer.yaml", "transfer")
+
+
+@pytest.fixture(scope="session")
+def goodfellow_full_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, ROOT / "search_spaces" / "goodfellow.yaml", "goodfellow-full")
