@@ -218,17 +218,26 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
 
     from analysis.frontier import best_per_point
 
-    rob = pl.from_arrow(table).filter(pl.col("evaluator") == "robustness")
-    best = best_per_point(rob).select(
-        "norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
-    )
+    df = pl.from_arrow(table)
+    rob = df.filter(pl.col("evaluator") == "robustness")
+    geo = df.filter(pl.col("evaluator") == "geometry", pl.col("norm") == "l2", pl.col("attack") != "closed-form")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
-        print("\nBest robust accuracy per norm / attack / eps (worst = the point must survive every attack):")
-        print(best)
+        if rob.height:
+            best = best_per_point(rob).select(
+                "norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
+            )
+            print("\nBest robust accuracy per norm / attack / eps (worst = the point must survive every attack):")
+            print(best)
+        if geo.height:
+            print("\nGeometry: tilting angle and median minimal L2 perturbation (box-constrained closed form, else PGD bisection):")
+            print(
+                geo.sort("attack").unique("trial_id", keep="first").sort("label")
+                .select("label", pl.col("theta_deg").round(1), pl.col("d_adv_pred").round(3), pl.col("attack").alias("method"), pl.col("min_eps_median").round(3), pl.col("clean_acc").round(3))
+            )
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")
-    pareto = pl.from_arrow(table).filter(pl.col("search_pareto")).unique("trial_id", maintain_order=True)
+    pareto = df.filter(pl.col("search_pareto")).unique("trial_id", maintain_order=True)
     if pareto.height:
         print(f"Optuna Pareto trials: {', '.join(pareto['label'])}")
     trained = sum(1 for t in trials if t["from_store"] is False and t["this_run"])

@@ -251,7 +251,7 @@ def test_transfer_matrix_cells_and_diagonal(transfer_df):
     diagonal = cells.filter(pl.col("same"), eps=0.25).join(own, left_on="source", right_on="label")
     assert diagonal.height == len(models)
     for r in diagonal.iter_rows(named=True):
-        assert r["own_error"] - r["clean_error"] - 1e-9 <= r["transfer_error"] <= r["own_error"] + 1e-9, r
+        assert r["own_error"] - r["clean_error"] - 1e-6 <= r["transfer_error"] <= r["own_error"] + 1e-6, r  # float32 means
     # Larger eps, larger error: every (source, target) pair errs at least as often at 0.25 as at 0.1
     # up to sampling noise of 300 points.
     wide = cells.pivot(on="eps", index=["source", "target"], values="transfer_error")
