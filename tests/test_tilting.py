@@ -9,7 +9,8 @@ import torch
 from scipy.stats import spearmanr
 
 from study import artifacts, data, geometry, models
-from study.spec import DataSpec, TrainConfig
+from study.spec import DataSpec, TrainConfig, load_spec
+from study.store import ModelStore, model_key
 from study.train import init_model, predict, train
 
 
@@ -34,12 +35,10 @@ def test_theta_falls_as_lambda_grows_and_spans_both_regimes(geo):
 
 
 def test_weak_regularization_separates_the_training_pair(tilting_sweep):
-    spec_data = DataSpec(dataset="mnist-5k", classes=[2, 3])
-    ds = data.load(spec_data)
-    cfg = TrainConfig(model="linear-svm", epochs=200, lr=1e-2, lr_schedule="cosine", l2=1e-6, seed=0)
+    spec = load_spec(tilting_sweep.spec)
+    ds = data.load(spec.data)
+    cfg = TrainConfig.model_validate(min(spec.grid_configs(), key=lambda c: c["l2"]))
     model = init_model(cfg, ds.input_shape, 2)
-    from study.store import ModelStore, model_key
-
     store = ModelStore(str(tilting_sweep.results.parent / "store"))
     assert store.load(model_key(cfg.model_dump(mode="json"), ds.fingerprint), model) is not None
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
