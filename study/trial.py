@@ -183,13 +183,13 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
             raise RuntimeError(f"transfer: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
         member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
         members.append(member)
-        trained[member.trial_id] = (cfg, meta["train_s"])
+        trained[member.trial_id] = (cfg, member.label, meta["train_s"])
     rows = []
     for axes in spec.evaluate:
         if axes.evaluator == "transfer":
             rows += transfer.evaluate(members, x, y, axes, spec.seed)
-    for tid, (cfg, train_s) in trained.items():
-        _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, label(cfg, swept), train_s, True, device)
+    for tid, (cfg, name, train_s) in trained.items():
+        _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, name, train_s, True, device)
     results.write_study_rows(study.results_uri, "transfer", rows)
     return len(rows)
 
