@@ -29,6 +29,7 @@ test-cluster: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/attacks.py
+	$(PY) benchmarks/mc_samples.py
 
 clean:
 	rm -rf results report .pytest_cache

@@ -44,6 +44,9 @@ def prepare(args) -> tuple[StudySpec, data.Dataset]:
         ds = data.load(spec.data)
     except DataError as e:
         raise SpecError(f"{args.spec}: {e}") from None
+    problem = spec.data_problem(len(ds.y_test), ds.n_classes)
+    if problem:
+        raise SpecError(f"{args.spec}: {problem}")
     if args.resume:
         check_resumable(spec, args.spec)
     return spec, ds

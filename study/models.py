@@ -16,8 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from study.mc import MCDropout
+
 # Training-config fields that are model hyperparameters, passed to the factories that take them.
-MODEL_PARAMS = ("pieces",)
+MODEL_PARAMS = ("pieces", "dropout")
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,30 @@ def logreg(input_shape, n_classes):
 
 @register("mlp")
 def mlp(input_shape, n_classes, hidden=256):
+    return _mlp(input_shape, n_classes, hidden, dropout=0.0)
+
+
+@register("mc-mlp")
+def mc_mlp(input_shape, n_classes, dropout=0.25, hidden=256):
+    """The mlp with MC dropout after each hidden layer, kept on at prediction (study.mc)."""
+    return _mlp(input_shape, n_classes, hidden, dropout)
+
+
+def _mlp(input_shape, n_classes, hidden, dropout):
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(math.prod(input_shape), hidden),
         nn.ReLU(),
+        *_mc_dropout(dropout),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
+        *_mc_dropout(dropout),
         nn.Linear(hidden, n_classes),
     )
+
+
+def _mc_dropout(p: float) -> list[nn.Module]:
+    return [MCDropout(p)] if p > 0 else []
 
 
 class ChannelsLast(nn.Module):
@@ -102,18 +120,32 @@ def cnn(input_shape, n_classes, c1=8, c2=16, hidden=128):
 
     Sized for a 2-core laptop (96-97% on mnist-5k after 8 epochs); the attack loop's cost is
     dominated by its forward/backward passes, so width is the quickstart's main time knob."""
+    return _cnn(input_shape, n_classes, c1, c2, hidden, dropout=0.0)
+
+
+@register("mc-cnn")
+def mc_cnn(input_shape, n_classes, dropout=0.25, c1=8, c2=16, hidden=128):
+    """The cnn with MC dropout after each conv stage and the hidden layer, kept on at
+    prediction: a Bayesian CNN in Gal's approximation (study.mc)."""
+    return _cnn(input_shape, n_classes, c1, c2, hidden, dropout)
+
+
+def _cnn(input_shape, n_classes, c1, c2, hidden, dropout):
     channels, height, width = input_shape
     return nn.Sequential(
         ChannelsLast(),
         nn.Conv2d(channels, c1, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
+        *_mc_dropout(dropout),
         nn.Conv2d(c1, c2, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
+        *_mc_dropout(dropout),
         nn.Flatten(),
         nn.Linear(c2 * (height // 4) * (width // 4), hidden),
         nn.ReLU(),
+        *_mc_dropout(dropout),
         nn.Linear(hidden, n_classes),
     ).to(memory_format=torch.channels_last)
 

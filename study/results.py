@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -42,6 +42,7 @@ COLUMNS = [
     ("weight_decay", pa.float64(), "training", "Adam's L2 coefficient on every parameter (gradient += weight_decay * w)"),
     ("l2", pa.float64(), "training", "lambda of the L2 penalty lambda * ||W||^2 on weights, biases excluded (the SVM's regularization)"),
     ("pieces", pa.int64(), "training", "maxout: affine pieces per unit (null: the model's default, or not a maxout model)"),
+    ("dropout", pa.float64(), "training", "mc-cnn, mc-mlp: MC dropout rate, kept on at prediction (null: the model's default, or not an MC-dropout model)"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
@@ -52,7 +53,11 @@ COLUMNS = [
     ("eps", pa.float64(), "evaluation", "attack radius in that norm (inputs in [0, 1])"),
     ("steps", pa.int64(), "evaluation", "attack iterations (1 for FGSM)"),
     ("step_size", pa.float64(), "evaluation", "step size relative to eps"),
-    ("restarts", pa.int64(), "evaluation", "random restarts (PGD)"),
+    ("restarts", pa.int64(), "evaluation", "random restarts (PGD, APGD)"),
+    ("kappa", pa.float64(), "evaluation", "cw: confidence kappa, the logit margin by which a wrong class must win (`steps` are its Adam steps per c, `step_size` its learning rate)"),
+    ("search_steps", pa.int64(), "evaluation", "cw: rounds of the binary search over c"),
+    ("eot_samples", pa.int64(), "evaluation", "stochastic models: MC samples per attack query (expectation over transformation); null for deterministic models"),
+    ("mc_samples", pa.int64(), "evaluation", "uncertainty: T, the MC-dropout samples per input the metrics are computed from"),
     ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target)"),
     ("source_label", pa.string(), "evaluation", "transfer: the source model's label"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
@@ -73,6 +78,16 @@ COLUMNS = [
     ("confidence_mean", pa.float64(), "metric", "rubbish: mean confidence on the noise inputs"),
     ("transfer_error", pa.float64(), "metric", "transfer: the target's error rate on the source's adversarial examples (every evaluation point)"),
     ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
+    ("n_baseline", pa.int64(), "metric", "uncertainty: images in the separate clean baseline set (the first evaluation images; the input sets use the rest)"),
+    ("mi_mean", pa.float64(), "metric", "uncertainty: mean mutual information H[mean_t p_t] - mean_t H[p_t] over the input set (nats)"),
+    ("mi_median", pa.float64(), "metric", "uncertainty: median mutual information"),
+    ("smv_mean", pa.float64(), "metric", "uncertainty: mean softmax variance sum_c var_t p_t(c) (population variance over the T samples)"),
+    ("mi_rel", pa.float64(), "metric", "uncertainty: mi_mean / the clean baseline set's mean MI at the same T (null when that is 0)"),
+    ("smv_rel", pa.float64(), "metric", "uncertainty: smv_mean / the clean baseline set's mean SMV at the same T"),
+    ("auroc_mi", pa.float64(), "metric", "uncertainty: AUROC of MI separating this input set from the clean inputs of the same points (0.5: no better than chance)"),
+    ("auroc_mi_se", pa.float64(), "metric", "uncertainty: standard error of auroc_mi (DeLong)"),
+    ("auroc_smv", pa.float64(), "metric", "uncertainty: AUROC of SMV, clean vs this input set"),
+    ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
     ("from_store", pa.bool_(), "cost", "the model was loaded from the model store, not trained in this run"),
     ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
@@ -87,7 +102,7 @@ COLUMNS = [
 ]
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
 # The evaluation axes that, with trial_id, identify a row.
-KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "source_trial_id")
+KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples", "source_trial_id")
 
 
 class SchemaVersionError(ValueError):

@@ -98,6 +98,7 @@ class TrainConfig(_Strict):
     weight_decay: NonNegFloat = 0.0  # Adam's L2 coefficient on every parameter: gradient += weight_decay * w
     l2: NonNegFloat = 0.0  # lambda: loss += lambda * ||W||^2 over weight matrices and kernels, biases excluded
     pieces: Optional[PosInt] = None  # maxout: affine pieces per unit (model default when null)
+    dropout: Optional[Annotated[float, BeforeValidator(_not_bool), Field(ge=0, lt=1)]] = None  # mc-cnn, mc-mlp: MC dropout rate
     adversarial: Optional[AdversarialTraining] = None
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
 
@@ -120,6 +121,19 @@ class NormAxes(_Strict):
         return v
 
 
+class CWOptions(_Strict):
+    """Carlini-Wagner L2 (study.attacks.cw)."""
+
+    steps: PosInt = 100  # Adam steps per value of c
+    lr: PosFloat = 0.1  # Adam learning rate in tanh space
+    search_steps: PosInt = 5  # binary-search rounds over c
+    confidence: NonNegFloat = 0.0  # kappa: required logit margin of the wrong class
+    initial_c: PosFloat = 0.1
+
+    def attack_options(self) -> dict:
+        return dict(steps=self.steps, step_size=self.lr, search_steps=self.search_steps, confidence=self.confidence, initial_c=self.initial_c)
+
+
 class RobustnessEval(_Strict):
     evaluator: Literal["robustness"]
     attacks: Annotated[list[Literal[ATTACKS]], Field(min_length=1)]
@@ -127,6 +141,8 @@ class RobustnessEval(_Strict):
     steps: PosInt = 10  # bim and pgd
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
     restarts: PosInt = 1  # pgd
+    cw: CWOptions = CWOptions()
+    eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
 
     @model_validator(mode="after")
@@ -222,8 +238,73 @@ class TransferEval(_Strict):
         return set()
 
 
-Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval], Field(discriminator="evaluator")]
-EVALUATORS = ("robustness", "geometry", "rubbish", "transfer")
+class InputSet(_Strict):
+    """Adversarial inputs for the uncertainty evaluator: every evaluation point attacked at each
+    eps (the attack's final iterate, as a detector would see it). C&W is unbounded: no eps."""
+
+    attack: Literal[ATTACKS]
+    norm: Literal[tuple(NORMS)] = "linf"
+    eps: Optional[Annotated[list[PosFloat], Field(min_length=1)]] = None
+    steps: Optional[PosInt] = None  # attack default when null (bim, pgd: 10; apgd: 100)
+    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
+    cw: CWOptions = CWOptions()
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.attack == "cw":
+            if self.eps is not None:
+                raise ValueError("eps: cw is unbounded (it finds the smallest L2 perturbation); leave eps out")
+            if "norm" in self.model_fields_set and self.norm != "l2":
+                raise ValueError("norm: cw is an L2 attack")
+            self.norm = "l2"
+            for name in ("steps", "step_size"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: set cw's options under cw: (steps, lr, search_steps, confidence, initial_c)")
+            return self
+        if "cw" in self.model_fields_set:
+            raise ValueError(f"cw: options for the cw attack, not {self.attack}")
+        if self.eps is None:
+            raise ValueError(f"eps: required for {self.attack} (a list of radii)")
+        if len(set(self.eps)) != len(self.eps):
+            raise ValueError("eps: values must be distinct")
+        if self.norm == "linf" and max(self.eps) > 1:
+            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        return self
+
+    def n_sets(self) -> int:
+        return 1 if self.eps is None else len(self.eps)
+
+
+class UncertaintyEval(_Strict):
+    """MC-dropout uncertainty (study.evaluators.uncertainty): per input set (clean, and each
+    attack at each eps) and per number of MC samples T: accuracy, mutual information, softmax
+    variance, their ratio to a separate clean baseline set, and clean-vs-adversarial detection
+    AUROC by each."""
+
+    evaluator: Literal["uncertainty"]
+    mc_samples: Annotated[list[PosInt], Field(min_length=1)] = [1, 2, 5, 10, 20, 50, 100]
+    inputs: list[InputSet] = []
+    baseline: PosInt = 300  # the first `baseline` evaluation images: the separate clean baseline set
+    eot_samples: PosInt = 10  # MC samples per attack query (expectation over transformation)
+    max_rows: Optional[PosInt] = None  # rows (input x sample) per MC forward pass; null: 8192
+
+    @field_validator("mc_samples")
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("values must be distinct")
+        return v
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return (1 + sum(s.n_sets() for s in self.inputs)) * len(self.mc_samples)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval], Field(discriminator="evaluator")]
+EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty")
+STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
 
 Mode = Literal["max", "min"]
@@ -349,6 +430,23 @@ class StudySpec(_Strict):
         for m in options:
             if models.MODELS[m].binary and len(self.data.classes or ()) != 2:
                 raise ValueError(f"train.model: {m} separates two classes: set data.classes to two labels, e.g. [2, 3]")
+        stochastic = [k for k, e in models.MODELS.items() if STOCHASTIC_PARAM in e.params()]
+        for i, e in enumerate(self.evaluate):
+            if e.evaluator == "uncertainty":
+                for m in options:
+                    if m not in stochastic:
+                        raise ValueError(f"evaluate[{i}]: uncertainty needs MC-dropout models ({', '.join(stochastic)}); train.model has {m}")
+
+    def data_problem(self, n_eval: int, n_classes: int) -> str | None:
+        """What the loaded data makes impossible (sizes and class counts the spec alone does
+        not know), as ``field: message``; None when the study can run."""
+        for i, e in enumerate(self.evaluate):
+            if e.evaluator == "uncertainty" and e.baseline >= n_eval:
+                return f"evaluate[{i}].baseline: {e.baseline} baseline images leave none of the {n_eval} evaluation images to attack (lower baseline or raise data.n_eval)"
+            named = e.attacks if e.evaluator == "robustness" else [s.attack for s in e.inputs] if e.evaluator == "uncertainty" else [getattr(e, "attack", None)]
+            if "apgd-dlr" in named and n_classes < 3:
+                return f"evaluate[{i}]: apgd-dlr needs at least 3 classes; the data has {n_classes} (use apgd-ce)"
+        return None
 
     @property
     def results_uri(self) -> str:

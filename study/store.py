@@ -20,7 +20,7 @@ import torch
 
 from study import fsio
 
-_TRAINING_SOURCES = ("train.py", "models.py", "objectives.py", "norms.py", "attacks/gradient.py")
+_TRAINING_SOURCES = ("train.py", "models.py", "objectives.py", "mc.py", "norms.py", "attacks/gradient.py")
 
 
 @lru_cache(maxsize=None)

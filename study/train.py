@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from study import attacks, models, norms, objectives
+from study import attacks, mc, models, norms, objectives
 from study.spec import TrainConfig
 
 
@@ -34,6 +34,9 @@ def weight_penalty(model: torch.nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """Predicted classes; a stochastic (MC-dropout) model predicts with its MC predictive."""
+    if mc.is_stochastic(model):
+        return mc.sample_probs(model, x, mc.PREDICTION_SAMPLES).mean(1).argmax(1)
     was_training = model.training
     model.eval()
     out = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
@@ -55,6 +58,12 @@ def train(
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Train in place; report {train_loss, clean_acc} after every epoch. Returns final metrics."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # dropout masks come from the global generator
+        return _train(model, cfg, x, y, x_eval, y_eval, on_epoch)
+
+
+def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = -(-len(x) // cfg.batch_size)

@@ -70,6 +70,7 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         weight_decay=cfg.weight_decay,
         l2=cfg.l2,
         pieces=cfg.pieces,
+        dropout=cfg.dropout,
         adv_attack=adv.attack if adv else None,
         adv_norm=adv.norm if adv else None,
         adv_eps=adv.eps if adv else None,
@@ -139,7 +140,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         "train_s": meta["train_s"],
         "eval_s": eval_s,
         "rows": len(rows),
-        "clean_acc": rows[0]["clean_acc"] if rows else None,
+        "clean_acc": ctx.clean_acc,
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness"})
     report(final)

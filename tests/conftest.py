@@ -69,3 +69,46 @@ def transfer_sweep(ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def goodfellow_full_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, ROOT / "search_spaces" / "goodfellow.yaml", "goodfellow-full")
+
+
+@pytest.fixture(scope="session")
+def standard_cnn(numbers_sweep):
+    """The numbers sweep's standard (not adversarially trained) CNN, loaded from its model
+    store, with the 1,000 mnist-5k test images: (model, x_test, y_test)."""
+    import torch
+
+    from study import data
+    from study.spec import TrainConfig, load_spec
+    from study.store import ModelStore, model_key
+    from study.train import init_model
+
+    spec = load_spec(numbers_sweep.spec)
+    ds = data.load(spec.data)
+    cfg = next(c for c in spec.grid_configs() if c["adversarial"] is None)
+    model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
+    assert ModelStore(str(numbers_sweep.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
+    return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+
+
+@pytest.fixture(scope="session")
+def bnn_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "bnn.yaml", "bnn")
+
+
+@pytest.fixture(scope="session")
+def bnn_model(bnn_sweep):
+    """The BNN sweep's MC-dropout CNN from its model store, with the mnist-5k test images:
+    (model, x_test, y_test)."""
+    import torch
+
+    from study import data
+    from study.spec import TrainConfig, load_spec
+    from study.store import ModelStore, model_key
+    from study.train import init_model
+
+    spec = load_spec(bnn_sweep.spec)
+    ds = data.load(spec.data)
+    cfg = spec.grid_configs()[0]
+    model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
+    assert ModelStore(str(bnn_sweep.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
+    return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)

@@ -98,9 +98,29 @@ def _corrupt_root(spec, tmp_path):
     spec["data"] = {"dataset": "mnist", "root": str(tmp_path / "corrupt_root")}
 
 
+def _bnn(path, value):
+    """The base spec on an MC-dropout CNN with an uncertainty evaluator, then one edit."""
+
+    def fn(spec, tmp_path):
+        spec["train"] = {"model": "mc-cnn", "dropout": 0.25, "epochs": 1}
+        spec["evaluate"] = [{"evaluator": "uncertainty", "inputs": [{"attack": "fgsm", "eps": [0.3]}]}]
+        node = spec
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return _edit(fn)
+
+
+@_edit
+def _two_classes_dlr(spec, tmp_path):
+    spec["data"] = {"dataset": "mnist-5k", "classes": [3, 7]}
+    spec["evaluate"][0]["attacks"] = ["apgd-ce", "apgd-dlr"]
+
+
 # (id, how to make the spec, text the error line must contain after the file path)
 CASES = [
-    ("unknown-attack", _ev("attacks", ["fgsm", "bim", "pgd", "cw"]), "evaluate[0].attacks[3]"),
+    ("unknown-attack", _ev("attacks", ["fgsm", "bim", "pgd", "deepfool"]), "evaluate[0].attacks[3]"),
     ("attacks-not-a-list", _ev("attacks", "fgsm"), "evaluate[0].attacks"),
     ("attacks-empty", _ev("attacks", []), "evaluate[0].attacks"),
     ("attacks-duplicate", _ev("attacks", ["fgsm", "pgd", "fgsm"]), "evaluate[0].attacks"),
@@ -172,7 +192,22 @@ CASES = [
     ("geometry-bisection-steps", _set(("evaluate",), [{"evaluator": "geometry", "bisection": {"steps": 0}}]), "evaluate[0].bisection.steps"),
     ("rubbish-samples-zero", _set(("evaluate",), [{"evaluator": "rubbish", "samples": 0}]), "evaluate[0].samples"),
     ("transfer-eps-negative", _set(("evaluate",), [{"evaluator": "transfer", "eps": [0.1, -0.25]}]), "evaluate[0].eps[1]"),
-    ("transfer-unknown-attack", _set(("evaluate",), [{"evaluator": "transfer", "attack": "cw", "eps": [0.1]}]), "evaluate[0].attack"),
+    ("transfer-unknown-attack", _set(("evaluate",), [{"evaluator": "transfer", "attack": "jsma", "eps": [0.1]}]), "evaluate[0].attack"),
+    ("dropout-for-a-model-without-dropout", _set(("train", "dropout"), 0.5), "train.dropout"),
+    ("dropout-one", _bnn(("train", "dropout"), {"grid": [0.5, 1.0]}), "train.dropout.grid[1]"),
+    ("uncertainty-on-a-deterministic-model", _set(("evaluate",), [{"evaluator": "uncertainty"}]), "evaluate[0]"),
+    ("uncertainty-mc-samples-zero", _bnn(("evaluate", 0, "mc_samples"), [1, 0]), "evaluate[0].mc_samples[1]"),
+    ("uncertainty-mc-samples-duplicate", _bnn(("evaluate", 0, "mc_samples"), [1, 5, 5]), "evaluate[0].mc_samples"),
+    ("uncertainty-eot-zero", _bnn(("evaluate", 0, "eot_samples"), 0), "evaluate[0].eot_samples"),
+    ("uncertainty-cw-with-eps", _bnn(("evaluate", 0, "inputs"), [{"attack": "cw", "eps": [1.0]}]), "evaluate[0].inputs[0].eps"),
+    ("uncertainty-cw-linf", _bnn(("evaluate", 0, "inputs"), [{"attack": "cw", "norm": "linf"}]), "evaluate[0].inputs[0].norm"),
+    ("uncertainty-fgsm-without-eps", _bnn(("evaluate", 0, "inputs"), [{"attack": "fgsm"}]), "evaluate[0].inputs[0].eps"),
+    ("uncertainty-unknown-attack", _bnn(("evaluate", 0, "inputs"), [{"attack": "natural", "eps": [1]}]), "evaluate[0].inputs[0].attack"),
+    ("uncertainty-cw-options-on-pgd", _bnn(("evaluate", 0, "inputs"), [{"attack": "pgd", "eps": [0.1], "cw": {"confidence": 1}}]), "evaluate[0].inputs[0].cw"),
+    ("uncertainty-baseline-too-large", _bnn(("evaluate", 0, "baseline"), 1000), "evaluate[0].baseline"),
+    ("cw-confidence-negative", _ev("cw", {"confidence": -1}), "evaluate[0].cw.confidence"),
+    ("cw-unknown-option", _ev("cw", {"iterations": 10}), "evaluate[0].cw.iterations"),
+    ("apgd-dlr-on-two-classes", _two_classes_dlr, "evaluate[0]"),
     ("transfer-no-eps", _set(("evaluate",), [{"evaluator": "transfer"}]), "evaluate[0].eps"),
     ("unknown-top-level-field", _set(("epochz",), 3), "epochz"),
     ("missing-name", _delete(("name",)), "name"),

@@ -101,7 +101,7 @@ class _Ladders:
             return xa
         eps = self.eps[pts, self.level[pts]]
         unit = self.units[self.restart[pts], pts]
-        return (xa + self.norm.project(unit * _col(eps, xa), eps)).clamp(0, 1)
+        return (xa + self.norm.project(unit * per_point(eps, xa), eps)).clamp(0, 1)
 
     def run(self, max_rows):
         steps = self.attack.steps
@@ -159,7 +159,7 @@ class _Ladders:
 
     def step(self, pts, xa, grad):
         eps = self.eps[pts, self.level[pts]]
-        xa = xa + _col(self.attack.step_size * eps, xa) * self.norm.ascent_direction(grad)
+        xa = xa + per_point(self.attack.step_size * eps, xa) * self.norm.ascent_direction(grad)
         delta = self.norm.project(xa - self.x[pts], eps)
         return (self.x[pts] + delta).clamp(0, 1)
 
@@ -191,7 +191,7 @@ class _Ladders:
         return done
 
 
-def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_point(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 

@@ -12,7 +12,7 @@ from functools import cached_property
 import torch
 
 from study import artifacts
-from study.evaluators import geometry, robustness, rubbish
+from study.evaluators import geometry, robustness, rubbish, uncertainty
 from study.train import predict
 
 
@@ -42,7 +42,12 @@ class EvalContext:
         return artifacts.write(self.results_uri, name, self.trial_id, columns)
 
 
-EVALUATORS = {"robustness": robustness.evaluate, "geometry": geometry.evaluate, "rubbish": rubbish.evaluate}
+EVALUATORS = {
+    "robustness": robustness.evaluate,
+    "geometry": geometry.evaluate,
+    "rubbish": rubbish.evaluate,
+    "uncertainty": uncertainty.evaluate,
+}
 STUDY_EVALUATORS = ("transfer",)
 
 

@@ -3,26 +3,36 @@
 Per (attack, norm), the whole epsilon grid is one batched attack over rows (point, eps): a row
 stops when it is misclassified, and a point broken at eps_i is broken at every larger eps
 (see study.attacks.gradient). Only points the model classifies correctly are attacked.
+C&W is unbounded: its search runs once per model and is counted at every eps (any norm) its
+adversarials fit. A stochastic (MC-dropout) model is attacked through its ``eot_samples``-draw
+MC predictive (study.mc.attackable), without early stop (``attack_stochastic``), and a success
+counts only where its own prediction is wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 
 import torch
 
-from study import attacks, norms, objectives
-from study.attacks.gradient import frozen
+from study import attacks, mc, norms, objectives
+from study.attacks.cw import CarliniWagnerL2
+from study.attacks.gradient import AttackResult, frozen
 from study.norms import L2, Linf
 from study.train import predict
 
 
 def evaluate(ctx, axes) -> list[dict]:
-    model, x, y = ctx.model, ctx.x, ctx.y
+    x, y = ctx.x, ctx.y
     n = len(y)
     xc, yc = x[ctx.correct], y[ctx.correct]
     clean_acc = ctx.clean_acc
+    stochastic = mc.is_stochastic(ctx.model)
+    model = mc.attackable(ctx.model, axes.eot_samples)
+    eot = dict(eot_samples=axes.eot_samples) if stochastic else {}
+    searches = {}  # norm-free searches (C&W): run once, judged in every norm
     rows = []
     for norm_name, norm_axes in axes.norms.items():
         norm = norms.get(norm_name)
@@ -30,17 +40,82 @@ def evaluate(ctx, axes) -> list[dict]:
         broken_by_any = torch.zeros(len(yc), len(grid), dtype=torch.bool)
         total_s = 0.0
         for attack_name in axes.attacks:
-            attack = attacks.make(attack_name, steps=axes.steps, step_size=axes.step_size, restarts=axes.restarts)
+            attack = make_attack(attack_name, axes)
             gen = torch.Generator(device=x.device).manual_seed(stream_seed(ctx.seed, attack_name, norm_name))
             start = time.perf_counter()
-            fooled, deltas = attack_grid(model, xc, yc, grid, norm, attack, gen, axes.batch_rows)
+            if isinstance(attack, CarliniWagnerL2):
+                if attack_name not in searches:
+                    searches[attack_name] = attack.closest(model, xc, yc, axes.batch_rows or default_batch_rows(x))
+                fooled, deltas = judge(model, xc, yc, grid, norm, *searches[attack_name])
+            elif stochastic:
+                fooled, deltas = attack_stochastic(model, xc, yc, grid, norm, attack, gen, axes.batch_rows)
+            else:
+                fooled, deltas = attack_grid(model, xc, yc, grid, norm, attack, gen, axes.batch_rows)
             eval_s = time.perf_counter() - start
             total_s += eval_s
             broken_by_any |= fooled
-            axes_cols = dict(attack=attack_name, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
-            rows += _rows(norm_name, norm_axes.eps, grid, fooled, deltas, n, clean_acc, eval_s, axes_cols)
-        rows += _rows(norm_name, norm_axes.eps, grid, broken_by_any, None, n, clean_acc, total_s, dict(attack="worst"))
+            rows += _rows(norm_name, norm_axes.eps, grid, fooled, deltas, n, clean_acc, eval_s, {**attack_columns(attack), **eot})
+        rows += _rows(norm_name, norm_axes.eps, grid, broken_by_any, None, n, clean_acc, total_s, dict(attack="worst", **eot))
     return rows
+
+
+def make_attack(name: str, axes):
+    """The attack ``name`` with the evaluator's settings (C&W has its own, under ``cw``)."""
+    if name == "cw":
+        return attacks.make(name, **axes.cw.attack_options())
+    return attacks.make(name, steps=axes.steps, step_size=axes.step_size, restarts=axes.restarts)
+
+
+def attack_columns(attack) -> dict:
+    cols = dict(attack=attack.name, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
+    if isinstance(attack, CarliniWagnerL2):
+        cols.update(kappa=attack.confidence, search_steps=attack.search_steps)
+    return cols
+
+
+def judge(model, x, y, grid, norm, x_best, found):
+    """A norm-free search's closest adversarials (C&W) counted at every eps of ``grid`` they fit."""
+    if not grid or not len(y):
+        return _nothing(len(y), len(grid))
+    res = CarliniWagnerL2.against(x, x_best, found, torch.tensor(grid, dtype=x.dtype, device=x.device).expand(len(y), len(grid)), norm)
+    return _outcome(model, x, y, res)
+
+
+def _outcome(model, x, y, res, verify=True):
+    """``fooled`` (P x L) and, per point, the adversarial's L2 and Linf size and the model's
+    confidence there. A stochastic model's successes are re-checked with its own prediction
+    (study.mc.PREDICTION_SAMPLES draws): a success on the few draws of one attack query may not
+    survive the full predictive."""
+    fooled = res.fooled
+    if verify and isinstance(model, mc.Predictive):
+        fooled = fooled & (predict(model.model, res.x_adv) != y)[:, None]
+    delta = res.x_adv - x
+    return fooled.cpu(), {"l2": L2.measure(delta).cpu(), "linf": Linf.measure(delta).cpu(), "confidence": confidence(model, res.x_adv).cpu()}
+
+
+def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=None):
+    """``attack_grid`` for a stochastic model (``model``: its mc.Predictive). Early stop would end
+    a point's attack on one lucky draw of the predictive, so every eps gets full attacks (each
+    restart its own run), judged afterwards by the model's own prediction. A point fooled at some
+    eps is not attacked at the larger ones: its adversarial lies in their balls and counts there."""
+    single = dataclasses.replace(attack, restarts=1)
+    step = batch_rows or default_batch_rows(x)
+    fooled = torch.zeros(len(y), len(grid), dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    for j, eps in enumerate(grid):
+        for _ in range(attack.restarts):
+            todo = (~fooled[:, j]).nonzero().squeeze(1)
+            for pts in todo.split(step):
+                cand = single(model, x[pts], y[pts], eps, norm, generator=generator)
+                hit = predict(model.model, cand) != y[pts]
+                x_adv[pts[hit]] = cand[hit]
+                fooled[pts[hit], j:] = True
+    return _outcome(model, x, y, AttackResult(x_adv, fooled), verify=False)
+
+
+def _nothing(n_points: int, n_levels: int):
+    zeros = torch.zeros(n_points)
+    return torch.zeros(n_points, n_levels, dtype=torch.bool), {"l2": zeros, "linf": zeros, "confidence": zeros}
 
 
 def attack_grid(model, x, y, grid, norm, attack, generator, batch_rows=None):
@@ -54,13 +129,14 @@ def attack_grid(model, x, y, grid, norm, attack, generator, batch_rows=None):
     wants large batches.
     """
     if not grid or not len(y):
-        zeros = torch.zeros(len(y))
-        return torch.zeros(len(y), len(grid), dtype=torch.bool), {"l2": zeros, "linf": zeros, "confidence": zeros}
-    batch_rows = batch_rows or (16384 if x.is_cuda else 256)
+        return _nothing(len(y), len(grid))
     eps = torch.tensor(grid, dtype=x.dtype, device=x.device).expand(len(y), len(grid))
-    res = attack.run(model, x, y, eps, norm, generator=generator, max_rows=batch_rows)
-    delta = res.x_adv - x
-    return res.fooled.cpu(), {"l2": L2.measure(delta).cpu(), "linf": Linf.measure(delta).cpu(), "confidence": confidence(model, res.x_adv).cpu()}
+    res = attack.run(model, x, y, eps, norm, generator=generator, max_rows=batch_rows or default_batch_rows(x))
+    return _outcome(model, x, y, res)
+
+
+def default_batch_rows(x: torch.Tensor) -> int:
+    return 16384 if x.is_cuda else 256
 
 
 @torch.no_grad()

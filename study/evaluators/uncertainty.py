@@ -1,0 +1,152 @@
+"""Uncertainty of an MC-dropout model on clean and adversarial inputs (Smith & Gal 2018).
+
+The evaluation images split in two: the first ``baseline`` are a separate clean baseline set;
+the rest are the input sets' source points. Input sets: ``clean`` (those points as they are)
+and, per configured attack and eps, every point attacked (the attack's final iterate, or C&W's
+closest adversarial; points already misclassified are attacked too, as a detector would see
+them). Attacks query the model through its ``eot_samples``-draw predictive (study.mc).
+
+Each set's T_max = max(mc_samples) predictive samples are drawn once; a row for T uses the
+first T of them, so the T sweep shows how the estimates settle as samples are added. Per
+(set, T): accuracy of the T-sample predictive, mean and median MI, mean SMV, both relative to
+the baseline set's mean at the same T, and the AUROC of MI and of SMV separating the clean
+points from the set, with DeLong standard errors. The ``uncertainty`` artifact keeps every
+point's MI and SMV at T_max (baseline included) for their distributions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from study import attacks, mc, norms
+from study.evaluators.robustness import stream_seed
+from study.norms import L2, Linf
+
+
+def evaluate(ctx, axes) -> list[dict]:
+    model = ctx.model
+    base_x = ctx.x[: axes.baseline]
+    x, y = ctx.x[axes.baseline :], ctx.y[axes.baseline :]
+    t_max = max(axes.mc_samples)
+    max_rows = axes.max_rows or 8192
+    attacked = mc.attackable(model, axes.eot_samples)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(ctx.seed, "uncertainty"))  # the dropout masks
+        baseline = _scores(mc.sample_probs(model, base_x, t_max, max_rows), axes.mc_samples, y=None)
+        start = time.perf_counter()
+        clean = _scores(mc.sample_probs(model, x, t_max, max_rows), axes.mc_samples, y)
+        sets = [(dict(attack="clean", eps=0.0), x, clean, time.perf_counter() - start)]
+        for spec in axes.inputs:
+            for eps, x_adv, cols, craft_s in _craft(attacked, x, y, spec, ctx.seed):
+                start = time.perf_counter()
+                scores = _scores(mc.sample_probs(model, x_adv, t_max, max_rows), axes.mc_samples, y)
+                sets.append(({**cols, "eps": eps}, x_adv, scores, craft_s + time.perf_counter() - start))
+    _write_points(ctx, sets, baseline[t_max], t_max)
+    rows = []
+    for cols, xs, scores, eval_s in sets:
+        size = _sizes(xs - x, scores[t_max]["wrong"]) if cols["attack"] != "clean" else {}
+        for t in axes.mc_samples:
+            s, b, c = scores[t], baseline[t], clean[t]
+            row = dict(
+                evaluator="uncertainty",
+                **cols,
+                mc_samples=t,
+                eot_samples=axes.eot_samples if cols["attack"] != "clean" else None,
+                n_eval=len(y),
+                n_baseline=len(base_x),
+                clean_acc=1 - c["wrong"].float().mean().item(),
+                robust_acc=1 - s["wrong"].float().mean().item(),
+                mi_mean=s["mi"].mean().item(),
+                mi_median=s["mi"].median().item(),
+                smv_mean=s["smv"].mean().item(),
+                mi_rel=_ratio(s["mi"].mean().item(), b["mi"].mean().item()),
+                smv_rel=_ratio(s["smv"].mean().item(), b["smv"].mean().item()),
+                eval_s=eval_s,
+                **size,
+            )
+            if cols["attack"] != "clean":
+                row["auroc_mi"], row["auroc_mi_se"] = auroc(c["mi"].numpy(), s["mi"].numpy())
+                row["auroc_smv"], row["auroc_smv_se"] = auroc(c["smv"].numpy(), s["smv"].numpy())
+            rows.append(row)
+    return rows
+
+
+def _craft(model, x, y, spec, seed):
+    """(eps, x_adv, row columns, seconds) per eps of one input-set spec."""
+    if spec.attack == "cw":
+        attack = attacks.make("cw", **spec.cw.attack_options())
+        start = time.perf_counter()
+        x_adv = attack(model, x, y, math.inf, L2)  # unbounded: the closest adversarial found
+        cols = dict(attack="cw", norm="l2", steps=attack.steps, step_size=attack.step_size, restarts=1, kappa=attack.confidence, search_steps=attack.search_steps)
+        yield None, x_adv, cols, time.perf_counter() - start
+        return
+    attack = attacks.make(spec.attack, steps=spec.steps, step_size=spec.step_size)
+    norm = norms.get(spec.norm)
+    for eps in spec.eps:
+        gen = torch.Generator(device=x.device).manual_seed(stream_seed(seed, "uncertainty", spec.attack, spec.norm, eps))
+        start = time.perf_counter()
+        x_adv = attack(model, x, y, eps, norm, generator=gen)
+        cols = dict(attack=attack.name, norm=spec.norm, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
+        yield float(eps), x_adv, cols, time.perf_counter() - start
+
+
+def _write_points(ctx, sets, baseline: dict, t_max: int) -> None:
+    """The ``uncertainty`` artifact: MI and SMV of every point of every set (and of the
+    baseline set) at T_max, for their distributions."""
+    parts = [("baseline", None, baseline["mi"], baseline["smv"], torch.zeros_like(baseline["mi"], dtype=torch.bool))]
+    parts += [(cols["attack"], cols["eps"], s[t_max]["mi"], s[t_max]["smv"], s[t_max]["wrong"]) for cols, _, s, _ in sets]
+    columns = {"input_set": [], "eps": [], "point": [], "mi": [], "smv": [], "wrong": []}
+    for name, eps, mi, smv, wrong in parts:
+        columns["input_set"] += [name] * len(mi)
+        columns["eps"] += [eps] * len(mi)
+        columns["point"] += list(range(len(mi)))
+        columns["mi"] += mi.tolist()
+        columns["smv"] += smv.tolist()
+        columns["wrong"] += wrong.tolist()
+    columns["mc_samples"] = [t_max] * len(columns["point"])
+    ctx.write_artifact("uncertainty", columns)
+
+
+def _scores(probs: torch.Tensor, mc_samples, y) -> dict:
+    """Per T: MI and SMV per point from the first T samples, and which points the T-sample
+    predictive gets wrong."""
+    out = {}
+    for t in mc_samples:
+        p = probs[:, :t]
+        out[t] = {"mi": mc.mutual_information(p).cpu(), "smv": mc.softmax_variance(p).cpu()}
+        if y is not None:
+            out[t]["wrong"] = (p.mean(1).argmax(1) != y).cpu()
+    return out
+
+
+def _sizes(delta: torch.Tensor, fooled: torch.Tensor) -> dict:
+    """Perturbation sizes over the points the set fools (as the robustness rows report them)."""
+    fooled = fooled.to(delta.device)
+    if not fooled.any():
+        return {}
+    l2, linf = L2.measure(delta[fooled]), Linf.measure(delta[fooled])
+    return dict(l2_mean=l2.mean().item(), l2_median=l2.median().item(), linf_mean=linf.mean().item(), linf_median=linf.median().item())
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
+    """(AUROC, DeLong standard error) of a score separating positives from negatives: the
+    probability that a random positive scores above a random negative, ties counting one half
+    (DeLong, DeLong & Clarke-Pearson 1988, with midranks)."""
+    m, n = len(positives), len(negatives)
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    pos_ranks, neg_ranks = ranks[:m], ranks[m:]
+    # Per positive: the fraction of negatives below it; per negative: the fraction of positives above.
+    v_pos = (pos_ranks - rankdata(positives)) / n
+    v_neg = 1 - (neg_ranks - rankdata(negatives)) / m
+    auc = float(v_pos.mean())
+    var = v_pos.var(ddof=1) / m + v_neg.var(ddof=1) / n if m > 1 and n > 1 else math.nan
+    return auc, float(math.sqrt(var))
