@@ -20,11 +20,11 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, frontier, images, tilting
+from analysis import charts, frontier, images, tilting, uncertainty
 from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
 from study import artifacts
 
-ARTIFACTS = ("tilting-plane", "perturbation")
+ARTIFACTS = ("tilting-plane", "perturbation", "uncertainty")
 # A study varying one training axis gets a one-row heatmap; with more values than this, none.
 HEATMAP_MAX_STRIP = 8
 PROVENANCE = ("advsweep_version", "git_sha", "torch_version", "ray_version", "python_version", "started_at", "finished_at", "wall_s")
@@ -126,6 +126,7 @@ def build_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None)
             "(mid gray = 0, white / black = +/- the row's max |delta|: each row has its own scale), and the adversarial example x + delta on the decision boundary.",
             images.perturbation_grid(pert, df, point=0),
         ))
+    out += _uncertainty_charts(df, found.get("uncertainty"))
     transfer = df.filter(pl.col("evaluator") == "transfer", pl.col("transfer_error").is_not_null())
     if not transfer.is_empty():
         out.append((
@@ -134,6 +135,71 @@ def build_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None)
             "The outlined diagonal is each model's own error under the attack; the tooltip adds agreement, the fraction of points both get wrong where they predict the same class.",
             charts.transfer_matrix(transfer),
         ))
+    return out
+
+
+def _uncertainty(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("evaluator") == "uncertainty", pl.col("mc_samples").is_not_null())
+
+
+def _uncertainty_charts(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple[str, str, str, alt.TopLevelMixin]]:
+    rows = _uncertainty(df)
+    out = []
+    if not rows.filter(pl.col("auroc_mi").is_not_null() | pl.col("auroc_smv").is_not_null()).is_empty():
+        out.append((
+            "uncertainty-auroc", "Detecting adversarial inputs by uncertainty",
+            "MC-dropout models (uncertainty evaluator): the AUROC with which mutual information (top) and softmax variance (bottom) tell each adversarial "
+            "input set from the clean versions of the same points, against T, the MC samples per input (log axis); band: AUROC +/- 1.96 SE (DeLong); "
+            "dashed: chance (0.5).",
+            uncertainty.auroc_curve(rows),
+        ))
+    if points is not None and points.get_column("trial_id").is_in(rows.get_column("trial_id").unique().to_list()).any():
+        out.append((
+            "uncertainty-distributions", "MI and SMV distributions",
+            "MI (top) and SMV (bottom) of every point at the largest T, per input set (baseline: the separate clean set the relative measures divide by), "
+            "one panel per model: boxes from the first to the third quartile, white tick the median, whiskers min to max, black dot the mean (the table's "
+            "mean MI / SMV). Square-root y axes: most clean points score near 0.",
+            uncertainty.distributions(points, rows),
+        ))
+    return out
+
+
+def _short(v: float | None) -> str | None:
+    """3 decimals, or 3 significant digits below 0.1 (MI and SMV of clean inputs are small)."""
+    if v is None:
+        return None
+    return f"{v:.3f}" if abs(v) >= 0.1 or v == 0 else f"{v:.3g}"
+
+
+def _uncertainty_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
+    seed = uncertainty.seed_table(df, wide=True)
+    sets = seed.columns[3:]
+    # Accuracies and ratios to 3 decimals; the means, often far below 0.1, to 3 significant digits.
+    mean = seed.get_column("measure").is_in(["mean MI", "mean SMV"]).to_list()
+
+    def cells(column: str) -> pl.Series:
+        values = [_short(v) if m else None if v is None else f"{v:.3f}" for v, m in zip(seed.get_column(column), mean)]
+        return pl.Series(column, values, dtype=pl.String)
+
+    seed = seed.with_columns(cells(c) for c in sets).rename({"mc_samples": "T"})
+    out = [(
+        "Uncertainty per input set",
+        "MC-dropout models (uncertainty evaluator) at the largest T: accuracy of the T-sample predictive on each input set (clean, then the adversarial sets, "
+        "crafted against the EOT predictive), mean mutual information (nats) and mean softmax variance, and both relative to their mean on the separate clean "
+        "baseline set (relative 1: as uncertain as clean inputs).",
+        seed,
+    )]
+    try:
+        auroc = uncertainty.auroc_table(df)
+    except ValueError:  # only clean inputs: nothing to detect
+        return out
+    out.append((
+        "Detecting adversarial inputs (AUROC)",
+        "Per model and adversarial input set at the largest T (column T): the AUROC of MI and of SMV separating the set from the clean points, with DeLong standard "
+        f"errors; stable_T (stable_T_smv): the smallest T from which every larger T's AUROC of MI (SMV) is within {uncertainty.STABLE_TOL} of its value "
+        "at the largest T; mi_last_change: |AUROC of MI at the largest T - at the one before|.",
+        auroc.rename({"mc_samples": "T"}).with_columns(pl.Series("mi_last_change", [_short(v) for v in auroc.get_column("mi_last_change")], dtype=pl.String)),
+    ))
     return out
 
 
@@ -215,6 +281,8 @@ def summary_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
             "N(0, I) noise clipped to [0, 1]: the fraction of noise inputs each model classifies with confidence > 0.5, and its mean confidence on them.",
             rubbish.select("label", "rubbish_confident", "confidence_mean", "clean_acc").sort("label"),
         ))
+    if not _uncertainty(df).is_empty():
+        out += _uncertainty_tables(df)
     return out
 
 

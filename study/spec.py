@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study import models
 from study.attacks import ATTACKS
@@ -36,6 +36,13 @@ def _not_bool(v):
     return v
 
 
+def _distinct(v):
+    if len(set(v)) != len(v):
+        raise ValueError("values must be distinct")
+    return v
+
+
+Distinct = AfterValidator(_distinct)
 NonNegFloat = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
 PosFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
 PosInt = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
@@ -111,14 +118,7 @@ class TrainConfig(_Strict):
 
 
 class NormAxes(_Strict):
-    eps: Annotated[list[NonNegFloat], Field(min_length=1)]
-
-    @field_validator("eps")
-    @classmethod
-    def _distinct(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError("values must be distinct")
-        return v
+    eps: Annotated[list[NonNegFloat], Field(min_length=1), Distinct]
 
 
 class CWOptions(_Strict):
@@ -178,17 +178,10 @@ class GeometryEval(_Strict):
     need a linear two-class model; the PGD bisection runs on any model."""
 
     evaluator: Literal["geometry"]
-    norms: Annotated[list[Literal[tuple(NORMS)]], Field(min_length=1)] = ["l2", "linf"]
+    norms: Annotated[list[Literal[tuple(NORMS)]], Field(min_length=1), Distinct] = ["l2", "linf"]
     bisection: Optional[Bisection] = Bisection()  # null: closed forms only
     plane_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 400  # per split, projected on the tilting plane
     perturbation_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=16)] = 3  # test images kept with their minimal L2 perturbation
-
-    @field_validator("norms")
-    @classmethod
-    def _distinct(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError("values must be distinct")
-        return v
 
     def n_rows(self, linear_binary: bool) -> int:
         methods = (2 if linear_binary else 0) + (self.bisection is not None)
@@ -219,14 +212,12 @@ class TransferEval(_Strict):
     evaluator: Literal["transfer"]
     attack: Literal[ATTACKS] = "fgsm"
     norm: Literal[tuple(NORMS)] = "linf"
-    eps: Annotated[list[PosFloat], Field(min_length=1)]
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct]
     steps: PosInt = 10  # bim and pgd
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
 
     @model_validator(mode="after")
     def _checks(self):
-        if len(set(self.eps)) != len(self.eps):
-            raise ValueError("eps: values must be distinct")
         if self.norm == "linf" and max(self.eps) > 1:
             raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
         return self
@@ -244,7 +235,7 @@ class InputSet(_Strict):
 
     attack: Literal[ATTACKS]
     norm: Literal[tuple(NORMS)] = "linf"
-    eps: Optional[Annotated[list[PosFloat], Field(min_length=1)]] = None
+    eps: Optional[Annotated[list[PosFloat], Field(min_length=1), Distinct]] = None
     steps: Optional[PosInt] = None  # attack default when null (bim, pgd: 10; apgd: 100)
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
     cw: CWOptions = CWOptions()
@@ -265,8 +256,6 @@ class InputSet(_Strict):
             raise ValueError(f"cw: options for the cw attack, not {self.attack}")
         if self.eps is None:
             raise ValueError(f"eps: required for {self.attack} (a list of radii)")
-        if len(set(self.eps)) != len(self.eps):
-            raise ValueError("eps: values must be distinct")
         if self.norm == "linf" and max(self.eps) > 1:
             raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
         return self
@@ -282,18 +271,11 @@ class UncertaintyEval(_Strict):
     AUROC by each."""
 
     evaluator: Literal["uncertainty"]
-    mc_samples: Annotated[list[PosInt], Field(min_length=1)] = [1, 2, 5, 10, 20, 50, 100]
+    mc_samples: Annotated[list[PosInt], Field(min_length=1), Distinct] = [1, 2, 5, 10, 20, 50, 100]
     inputs: list[InputSet] = []
     baseline: PosInt = 300  # the first `baseline` evaluation images: the separate clean baseline set
     eot_samples: PosInt = 10  # MC samples per attack query (expectation over transformation)
     max_rows: Optional[PosInt] = None  # rows (input x sample) per MC forward pass; null: 8192
-
-    @field_validator("mc_samples")
-    @classmethod
-    def _distinct(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError("values must be distinct")
-        return v
 
     def n_rows(self, linear_binary: bool) -> int:
         return (1 + sum(s.n_sets() for s in self.inputs)) * len(self.mc_samples)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +21,36 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMIUM_FLAGS = [  # headless, and no name resolves (no network at all)
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
+
+
+@pytest.fixture
+def charts_render(tmp_path):
+    """check(report, stems): the report opens offline in headless Chromium, each chart ``stem``
+    is drawn (an SVG with paths, not the failure message) and the console stays clean."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not found; install it with: apt-get install -y chromium")
+
+    def check(report: Path, stems) -> None:
+        cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        for stem in stems:
+            start = re.search(rf'<div class="([^"]*)" id="{stem}"', run.stdout)
+            assert start and "failed" not in start.group(1), stem
+            inside = run.stdout[start.end() : run.stdout.index(f'id="spec-{stem}"', start.end())]
+            assert "<svg" in inside and "<path" in inside, stem
+        console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+        assert not console, "\n".join(console)
+
+    return check
 
 
 class Sweep:

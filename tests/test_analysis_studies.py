@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import polars as pl
@@ -20,12 +18,6 @@ from analysis.load import load
 from analysis.report import build_charts, summary_tables, write_report
 from study import artifacts
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-FLAGS = [  # as tests/test_analysis_report.py: headless, and no name resolves (no network at all)
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-]
 
 
 def chart_ids(page: str) -> list[str]:
@@ -209,18 +201,8 @@ def test_perturbation_grid_rows_and_pixels(tilting_sweep, tilting_df):
         images.perturbation_grid(pert, tilting_df, point=99)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install it with: apt-get install -y chromium")
-def test_tilting_report_renders_offline_in_headless_chromium(tilting_report, tmp_path):
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", tilting_report.as_uri()]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    for stem in ("tilting-curve", "tilting-plane"):
-        start = re.search(rf'<div class="([^"]*)" id="{stem}"', run.stdout)
-        assert start and "failed" not in start.group(1), stem
-        inside = run.stdout[start.end() : run.stdout.index(f'id="spec-{stem}"', start.end())]
-        assert "<svg" in inside and "<path" in inside, stem
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    assert not console, "\n".join(console)
+def test_tilting_report_renders_offline_in_headless_chromium(tilting_report, charts_render):
+    charts_render(tilting_report, ("tilting-curve", "tilting-plane"))
 
 
 # -- rubbish inputs and transfer -----------------------------------------------------------

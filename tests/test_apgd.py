@@ -175,32 +175,6 @@ def test_plain_call_returns_the_best_iterate_in_the_ball(case):
     assert (gain >= 0).all(), gain
 
 
-@PROPS
-@given(seed=st.integers(0, 2**16), norm_name=st.sampled_from(sorted(NORMS)), training=st.booleans(), early_stop=st.booleans(), loss=st.sampled_from(["ce", "dlr"]))
-def test_model_mode_and_parameter_flags_are_restored(seed, norm_name, training, early_stop, loss):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(D, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, N_CLASSES)).double()
-    model.train(training)
-    for p in model[1].parameters():  # a partly frozen model: its mixed flags must come back
-        p.requires_grad_(False)
-    flags = [p.requires_grad for p in model.parameters()]
-    before = [p.detach().clone() for p in model.parameters()]
-    x, y = make_data(6, seed + 1)
-    eps = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.05, 0.0], dtype=torch.float64) * (1 if norm_name == "linf" else 5)
-    attack = APGD_ATTACKS[f"apgd-{loss}"](steps=5)
-    runs = []
-    for _ in range(2):
-        gen = torch.Generator().manual_seed(seed)
-        if early_stop:
-            runs.append(attack.run(model, x, y, eps, NORMS[norm_name], generator=gen).x_adv)
-        else:
-            runs.append(attack(model, x, y, eps, NORMS[norm_name], generator=gen))
-        assert model.training is training and all(m.training is training for m in model.modules())
-        assert [p.requires_grad for p in model.parameters()] == flags
-        assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(runs[0], runs[1]), "dropout must be off inside the attack, and the generator drive the starts"
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the attack changed the weights"
-
-
 def test_restarts_and_ladders_need_early_stop():
     model = make_model("linear", 0)
     x, y = make_data(2, 1)

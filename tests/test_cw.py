@@ -50,7 +50,7 @@ def test_cw_approaches_the_exact_minimum_of_a_linear_model():
     x, y, xt, yt = map(torch.from_numpy, (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
     train(model, cfg, x, y, xt, yt)
     xt, yt = _correct(model, xt, yt, 60)
-    x_best, found = attacks.make("cw", steps=200).closest(model, xt, yt)
+    x_best, found = attacks.make("cw").closest(model, xt, yt)
     assert found.all()
     w, b = models.binary_linear(model)
     exact, _ = geometry.min_perturbation_box(w, b, xt, "l2")

@@ -8,7 +8,9 @@ class is masked out of the max over the others. Adam takes ``steps`` steps per v
 a batched per-point binary search over c (``search_steps`` rounds) keeps the smallest
 adversarial found at any c: c halves toward the last failure after a success and grows tenfold
 after a failure until a success brackets it. A round stops early when the total loss has not
-fallen by 0.01% over a tenth of its steps.
+fallen by 0.01% over a tenth of its steps. Carlini & Wagner ran up to 10,000 steps at learning
+rate 0.01; our default of 100 steps at 0.1 comes within 5% of the exact minimum of a linear
+model (tests/test_cw.py) at a hundredth of the cost.
 
 C&W is not bounded by eps. Against an eps grid (the robustness evaluator) a point counts as
 fooled at every eps >= the size of its adversarial, measured in the row's norm; the returned
