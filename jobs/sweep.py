@@ -219,11 +219,13 @@ def trial_record(r, since: int) -> dict:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
+    from analysis import uncertainty
     from analysis.frontier import best_per_point
 
     df = pl.from_arrow(table)
     rob = df.filter(pl.col("evaluator") == "robustness")
     geo = df.filter(pl.col("evaluator") == "geometry", pl.col("norm") == "l2", pl.col("attack") != "closed-form")
+    unc = df.filter(pl.col("evaluator") == "uncertainty")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         if rob.height:
             best = best_per_point(rob).select(
@@ -237,6 +239,10 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
                 geo.sort("attack").unique("trial_id", keep="first").sort("label")
                 .select("label", pl.col("theta_deg").round(1), pl.col("d_adv_pred").round(3), pl.col("attack").alias("method"), pl.col("min_eps_median").round(3), pl.col("clean_acc").round(3))
             )
+        if unc.height:
+            per_set = uncertainty.seed_table(unc).join(uncertainty.auroc_table(unc).select("label", "input_set", "auroc_mi"), on=["label", "input_set"], how="left", maintain_order="left")
+            print("\nUncertainty at the largest T: accuracy, mean MI relative to the clean baseline set, and MI's detection AUROC (clean vs the set):")
+            print(per_set.select("label", "input_set", pl.col("accuracy").round(3), pl.col("mi_rel").round(2), pl.col("auroc_mi").round(3)))
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")
