@@ -71,11 +71,14 @@ def _expanded_log_probs(model: nn.Module, x: torch.Tensor, samples: int) -> torc
 
 
 @torch.no_grad()
-def sample_probs(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int = 8192) -> torch.Tensor:
-    """(N, T, C) softmax samples of a stochastic model, T per input, batched (see above)."""
+def sample_probs(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int | None = None) -> torch.Tensor:
+    """(N, T, C) softmax samples of a stochastic model, T per input, batched (see above).
+    ``max_rows`` (input x sample rows per pass) defaults by device: on a CPU, passes of a few
+    hundred rows keep the activations in cache (1.6x faster per row than 8192 for the mc-cnn);
+    a GPU wants large ones."""
     was_training = model.training
     model.eval()
-    chunk = max(1, max_rows // samples)
+    chunk = max(1, (max_rows or (16384 if x.is_cuda else 256)) // samples)
     try:
         return torch.cat([_expanded_log_probs(model, x[i : i + chunk], samples).exp() for i in range(0, len(x), chunk)])
     finally:

@@ -33,7 +33,7 @@ def evaluate(ctx, axes) -> list[dict]:
     base_x = ctx.x[: axes.baseline]
     x, y = ctx.x[axes.baseline :], ctx.y[axes.baseline :]
     t_max = max(axes.mc_samples)
-    max_rows = axes.max_rows or 8192
+    max_rows = axes.max_rows
     attacked = mc.attackable(model, axes.eot_samples)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(ctx.seed, "uncertainty"))  # the dropout masks
