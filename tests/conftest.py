@@ -53,6 +53,26 @@ def charts_render(tmp_path):
     return check
 
 
+def _inline_values(spec) -> list[dict]:
+    out = []
+    if isinstance(spec, dict):
+        if isinstance(spec.get("data"), dict) and "values" in spec["data"]:
+            out += spec["data"]["values"]
+        for v in spec.values():
+            out += _inline_values(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            out += _inline_values(v)
+    return out
+
+
+@pytest.fixture
+def vega_values():
+    """values(spec): every inline data row of a Vega-Lite spec, wherever it sits (top level,
+    layer, facet, concat): what a chart really draws."""
+    return _inline_values
+
+
 class Sweep:
     """Runs `python -m jobs.sweep` in-process (on the session's Ray) and reads what it wrote."""
 
@@ -68,6 +88,23 @@ class Sweep:
 
     def frame(self) -> pl.DataFrame:
         return pl.read_parquet(self.results / "results.parquet")
+
+    def stored_model(self, pick=lambda cfg: True):
+        """(model in eval mode, x_test, y_test): the first model of the spec's grid whose
+        resolved training config ``pick`` accepts, loaded from the sweep's model store."""
+        import torch
+
+        from study import data
+        from study.spec import TrainConfig, load_spec
+        from study.store import ModelStore, model_key
+        from study.train import init_model
+
+        spec = load_spec(self.spec)
+        ds = data.load(spec.data)
+        cfg = next(c for c in spec.grid_configs() if pick(c))
+        model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
+        assert ModelStore(str(self.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
+        return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
 
 def _first_run(tmp_path_factory, spec_path, name):
@@ -106,21 +143,9 @@ def goodfellow_full_sweep(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def standard_cnn(numbers_sweep):
-    """The numbers sweep's standard (not adversarially trained) CNN, loaded from its model
-    store, with the 1,000 mnist-5k test images: (model, x_test, y_test)."""
-    import torch
-
-    from study import data
-    from study.spec import TrainConfig, load_spec
-    from study.store import ModelStore, model_key
-    from study.train import init_model
-
-    spec = load_spec(numbers_sweep.spec)
-    ds = data.load(spec.data)
-    cfg = next(c for c in spec.grid_configs() if c["adversarial"] is None)
-    model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
-    assert ModelStore(str(numbers_sweep.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
-    return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    """The numbers sweep's standard (not adversarially trained) CNN with the 1,000 mnist-5k
+    test images: (model, x_test, y_test)."""
+    return numbers_sweep.stored_model(lambda cfg: cfg["adversarial"] is None)
 
 
 @pytest.fixture(scope="session")
@@ -130,18 +155,5 @@ def bnn_sweep(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bnn_model(bnn_sweep):
-    """The BNN sweep's MC-dropout CNN from its model store, with the mnist-5k test images:
-    (model, x_test, y_test)."""
-    import torch
-
-    from study import data
-    from study.spec import TrainConfig, load_spec
-    from study.store import ModelStore, model_key
-    from study.train import init_model
-
-    spec = load_spec(bnn_sweep.spec)
-    ds = data.load(spec.data)
-    cfg = spec.grid_configs()[0]
-    model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
-    assert ModelStore(str(bnn_sweep.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
-    return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    """The BNN sweep's MC-dropout CNN with the mnist-5k test images: (model, x_test, y_test)."""
+    return bnn_sweep.stored_model()

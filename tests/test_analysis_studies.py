@@ -44,19 +44,6 @@ def transfer_report(transfer_sweep, tmp_path_factory):
     return write_report(str(transfer_sweep.results), tmp_path_factory.mktemp("transfer-report"))
 
 
-def _values(spec: dict) -> list[dict]:
-    """Every inline data row of a Vega-Lite spec, wherever it sits (top level, layer, concat)."""
-    out = []
-    if isinstance(spec, dict):
-        if isinstance(spec.get("data"), dict) and "values" in spec["data"]:
-            out += spec["data"]["values"]
-        for v in spec.values():
-            out += _values(v)
-    elif isinstance(spec, list):
-        for v in spec:
-            out += _values(v)
-    return out
-
 
 # -- boundary tilting ----------------------------------------------------------------------
 
@@ -81,7 +68,7 @@ def test_tilting_report_has_the_tilting_charts_and_the_perturbation_image(tiltin
     assert grid.size[1] > n_trials * 28 * images.SCALE  # one 3x-upscaled row per trial
 
 
-def test_tilting_curve_numbers(tilting_df):
+def test_tilting_curve_numbers(tilting_df, vega_values):
     trials = tilting.per_trial(tilting_df)
     assert trials.height == 17
     assert trials.get_column("l2").is_sorted()
@@ -98,7 +85,7 @@ def test_tilting_curve_numbers(tilting_df):
 
     spec = tilting.tilting_curve(tilting_df).to_dict()
     assert len(spec["vconcat"]) == 2
-    rows = pl.DataFrame(_values(spec))
+    rows = pl.DataFrame(vega_values(spec))
     assert sorted(rows.get_column("series").unique().to_list()) == sorted(tilting.SERIES)
     errors = rows.filter(series=tilting.ERROR).sort("l2").get_column("value").to_list()
     assert errors == pytest.approx((1 - trials.get_column("clean_acc")).to_list())
@@ -208,11 +195,11 @@ def test_tilting_report_renders_offline_in_headless_chromium(tilting_report, cha
 # -- rubbish inputs and transfer -----------------------------------------------------------
 
 
-def test_transfer_matrix_cells_and_diagonal(transfer_df):
+def test_transfer_matrix_cells_and_diagonal(transfer_df, vega_values):
     models = sorted(transfer_df.get_column("label").unique().to_list())
     assert len(models) == 3
     spec = charts.transfer_matrix(transfer_df).to_dict()
-    cells = pl.DataFrame(_values(spec))
+    cells = pl.DataFrame(vega_values(spec))
     assert sorted(cells.get_column("eps").unique().to_list()) == [0.1, 0.25]
     assert spec["facet"]["field"] == "eps"
     for eps, per in cells.group_by("eps"):
@@ -268,11 +255,11 @@ def test_transfer_report_tables_and_charts(transfer_report, transfer_df):
     assert conf.get_column("fgsm linf 0.25").to_list() == expected.get_column("adv_confidence_mean").to_list()
 
 
-def test_charts_and_tables_follow_the_evaluators_present(transfer_df):
+def test_charts_and_tables_follow_the_evaluators_present(transfer_df, vega_values):
     # Robustness charts draw robustness rows only: the transfer rows (attack fgsm, eps > 0,
     # robust_acc set) must not become extra points of the curves.
     by_stem = {stem: chart for stem, _, _, chart in build_charts(transfer_df)}
-    curves = _values(by_stem["curves"].to_dict())
+    curves = vega_values(by_stem["curves"].to_dict())
     assert len(curves) == transfer_df.filter(evaluator="robustness").height
 
     without = transfer_df.filter(pl.col("evaluator") != "robustness")

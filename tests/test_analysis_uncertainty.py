@@ -35,19 +35,6 @@ def bnn_report(bnn_sweep, tmp_path_factory):
     return write_report(str(bnn_sweep.results), tmp_path_factory.mktemp("bnn-report"))
 
 
-def _values(spec) -> list[dict]:
-    """Every inline data row of a Vega-Lite spec, wherever it sits."""
-    out = []
-    if isinstance(spec, dict):
-        if isinstance(spec.get("data"), dict) and "values" in spec["data"]:
-            out += spec["data"]["values"]
-        for v in spec.values():
-            out += _values(v)
-    elif isinstance(spec, list):
-        for v in spec:
-            out += _values(v)
-    return out
-
 
 def _rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(evaluator="uncertainty")
@@ -163,7 +150,7 @@ def test_seed_table_matches_the_rows_and_the_points(bnn_df, points):
         uncertainty.seed_table(bnn_df.filter(evaluator="robustness"))
 
 
-def test_auroc_table_and_curve_agree_with_the_rows(bnn_df):
+def test_auroc_table_and_curve_agree_with_the_rows(bnn_df, vega_values):
     rows = _rows(bnn_df)
     table = uncertainty.auroc_table(bnn_df)
     assert table.get_column("input_set").to_list() == SETS[1:]
@@ -197,7 +184,7 @@ def test_auroc_table_and_curve_agree_with_the_rows(bnn_df):
     line = spec["spec"]["layer"][1]["encoding"]
     assert line["x"]["scale"]["type"] == "log" and line["y"]["scale"]["domain"][1] == 1.0
     assert line["y"]["scale"]["domain"][0] <= 0.4 and line["y"]["scale"]["domain"][0] <= min(curve.get_column("lo"))
-    drawn = pl.DataFrame(_values(spec))
+    drawn = pl.DataFrame(vega_values(spec))
     assert drawn.height == curve.height and set(drawn.get_column("measure")) == {"MI", "SMV"}
 
 
