@@ -138,9 +138,9 @@ class RobustnessEval(_Strict):
     evaluator: Literal["robustness"]
     attacks: Annotated[list[Literal[ATTACKS]], Field(min_length=1)]
     norms: Annotated[dict[Literal[tuple(NORMS)], NormAxes], Field(min_length=1)]
-    steps: PosInt = 10  # bim and pgd
+    steps: PosInt = 10  # bim, pgd, apgd-ce and apgd-dlr (C&W: under cw)
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
-    restarts: PosInt = 1  # pgd
+    restarts: PosInt = 1  # pgd, apgd
     cw: CWOptions = CWOptions()
     eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
@@ -213,7 +213,7 @@ class TransferEval(_Strict):
     attack: Literal[ATTACKS] = "fgsm"
     norm: Literal[tuple(NORMS)] = "linf"
     eps: Annotated[list[PosFloat], Field(min_length=1), Distinct]
-    steps: PosInt = 10  # bim and pgd
+    steps: PosInt = 10  # bim, pgd, apgd-ce and apgd-dlr
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
 
     @model_validator(mode="after")
