@@ -1,10 +1,16 @@
-"""Images of the `perturbation` artifact (``study.artifacts``): test points, their minimal L2
-perturbation and the adversarial example, as one PNG (PIL; no plotting library).
+"""Images of artifacts (``study.artifacts``) as PNGs (PIL; no plotting library).
 
-``perturbation_grid(pert, df, point=0)``: one row per trial, sorted by lambda (the `l2` training
-axis) or, in a study that does not vary it, by label; columns x | delta | x_adv. delta is drawn on
-a diverging gray scale, mid gray = 0, scaled by its own largest |delta| per row (so a faint
-perturbation is as visible as a strong one); white = +max|delta|, black = -max|delta|.
+``perturbation_grid(pert, df, point=0)``: the `perturbation` artifact -- test points, their
+minimal L2 perturbation and the adversarial example. One row per trial, sorted by lambda (the `l2`
+training axis) or, in a study that does not vary it, by label; columns x | delta | x_adv. delta is
+drawn on a diverging gray scale, mid gray = 0, scaled by its own largest |delta| per row (so a
+faint perturbation is as visible as a strong one); white = +max|delta|, black = -max|delta|.
+
+``natural_strip(images, df)``: the `natural_images` artifact -- per trial a group of rows x,
+G(I(x)) and the natural adversary G(z*) of each latent search, a column per point, with the class
+and the model's prediction under each image and the adversary's latent distance.
+
+``upscale(png, factor)``: a PNG enlarged by nearest neighbour (the generator's small grids).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
 from analysis.load import eager
+from study.attacks.latent import KINDS as SEARCHES
 
 KINDS = ("x", "delta", "x_adv")
 HEADERS = ("x", "delta (scaled)", "x + delta")
@@ -106,4 +113,113 @@ def perturbation_grid(pert: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, po
             canvas.paste(img, (LABEL_W + PAD + j * (cell_w + PAD), y0))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+STRIP_TITLE_H = 24  # px of a trial's title band (its label) above its rows
+STRIP_TEXT_H = (18, 32)  # px under each image: "class -> prediction" (x, G(I(x))), and the latent distance (adversaries)
+STRIP_LABEL_W = 110  # px of the row names on the left
+MISSING = (205, 205, 205)  # an adversary the search did not find
+WRONG = (200, 0, 0)  # the text colour of a prediction that differs from the class
+
+
+def strip_size(n_trials: int, n_points: int, n_searches: int, height: int, width: int, scale: int = SCALE) -> tuple[int, int]:
+    """(width, height) in px of a natural strip of ``n_trials`` row groups of 2 + ``n_searches``
+    rows (x, G(I(x)), an adversary per search) and ``n_points`` columns of height x width images."""
+    cell_w, cell_h = width * scale, height * scale
+    one, two = STRIP_TEXT_H
+    group_h = STRIP_TITLE_H + 2 * (cell_h + one + PAD) + n_searches * (cell_h + two + PAD)
+    return STRIP_LABEL_W + n_points * (cell_w + PAD) + PAD, n_trials * group_h + PAD
+
+
+def strip_data(images: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, points: list[int] | None = None) -> tuple[list[str], list[int], list[dict]]:
+    """What ``natural_strip`` draws: the searches (iterative, hybrid, then others), the points
+    (ascending; ``points``, or default every one the artifact has) and one dict per trial, by
+    label: trial_id, label, y (point -> its class) and cells (``x``, ``reconstruction`` and each
+    search -> point -> a dict of image ((C, H, W) pixels, or None), pred (the model's
+    prediction), dist (the latent distance) and missing (None; ``not found`` where the search
+    found no adversary; ``not run`` where the trial has no images of that search)). A point a
+    trial lacks has no cells. Only the trials ``frame`` has rows of; raises ValueError when none
+    are left."""
+    labels = eager(frame).select("trial_id", "label").unique("trial_id")
+    art = images.join(labels.rename({"label": "trial_label"}), on="trial_id")
+    if points is not None:
+        art = art.filter(pl.col("point").is_in(points))
+    if art.is_empty():
+        raise ValueError("no natural_images artifact rows of the result rows' trials" + ("" if points is None else f" at points {points}"))
+    present = art.get_column("latent_search").unique().to_list()
+    searches = [s for s in SEARCHES if s in present] + sorted(s for s in present if s not in SEARCHES)
+    trials = []
+    for (trial_id, trial_label), trial in art.sort("trial_label", "trial_id").group_by("trial_id", "trial_label", maintain_order=True):
+        cells: dict[str, dict[int, dict]] = {column: {} for column in ("x", "reconstruction", *searches)}
+        y = {}
+        for (point,), at in trial.group_by("point"):
+            y[point] = at.get_column("label").first()
+            for kind in ("x", "reconstruction"):
+                r = at.filter(pl.col("kind") == kind).row(0, named=True)
+                cells[kind][point] = dict(image=_pixels(r), pred=r["pred"], dist=None, missing=None)
+            for search in searches:
+                adversary = at.filter(pl.col("kind") == "natural", pl.col("latent_search") == search)
+                if adversary.is_empty():
+                    cells[search][point] = dict(image=None, pred=None, dist=None, missing="not run")
+                    continue
+                r = adversary.row(0, named=True)
+                img = _pixels(r)
+                found = bool(np.isfinite(img).all())  # NaN pixels: the search found nothing
+                cells[search][point] = dict(image=img if found else None, pred=r["pred"], dist=r["latent_dist"], missing=None if found else "not found")
+        trials.append(dict(trial_id=trial_id, label=trial_label, y=y, cells=cells))
+    return searches, sorted(art.get_column("point").unique().to_list()), trials
+
+
+def _pixels(r: dict) -> np.ndarray:
+    return np.asarray(r["pixels"], dtype=np.float64).reshape(r["channels"], r["height"], r["width"])
+
+
+def natural_strip(images: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, points: list[int] | None = None, scale: int = SCALE) -> bytes:
+    """PNG bytes of the `natural_images` artifact (``strip_data``): per trial (by label) a group
+    titled with its label and rows x | G(I(x)) | the natural adversary of each search, a column
+    per point, upscaled ``scale`` times (nearest neighbour). Under each image ``class ->
+    prediction`` (red where they differ), under an adversary also its latent distance d =
+    ||z* - I(x)||; an adversary not found is a gray cell."""
+    searches, columns, trials = strip_data(images, frame, points)
+    _, h, w = next(iter(trials[0]["cells"]["x"].values()))["image"].shape
+    width, height = strip_size(len(trials), len(columns), len(searches), h, w, scale)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font, small, title = _font(), _font(FONT_SIZE - 1), _font(FONT_SIZE + 2)
+    cell_w, cell_h = w * scale, h * scale
+    one, two = STRIP_TEXT_H
+    rows = [("x", "x", one), ("reconstruction", "G(I(x))", one), *((s, f"natural\n({s})", two) for s in searches)]
+    y0 = 0
+    for t, trial in enumerate(trials):
+        if t:
+            draw.line([(PAD, y0 + 2), (width - PAD, y0 + 2)], fill=(160, 160, 160), width=1)
+        draw.text((PAD, y0 + STRIP_TITLE_H / 2 + 2), str(trial["label"]), fill=(0, 0, 0), font=title, anchor="lm")
+        y0 += STRIP_TITLE_H
+        for row, name, text_h in rows:
+            draw.multiline_text((PAD, y0 + PAD + cell_h / 2), name, fill=(0, 0, 0), font=font, anchor="lm", spacing=3)
+            for j, point in enumerate(columns):
+                cell = trial["cells"][row].get(point)
+                if cell is None:  # a point this trial lacks
+                    continue
+                x0, top = STRIP_LABEL_W + PAD + j * (cell_w + PAD), y0 + PAD
+                if cell["missing"]:
+                    draw.rectangle([x0, top, x0 + cell_w - 1, top + cell_h - 1], fill=MISSING)
+                    draw.text((x0 + cell_w / 2, top + cell_h / 2), cell["missing"], fill=(90, 90, 90), font=small, anchor="mm")
+                    continue
+                canvas.paste(Image.fromarray(_to_rgb(cell["image"])).resize((cell_w, cell_h), Image.NEAREST), (x0, top))
+                lines = [f"{trial['y'][point]} -> {cell['pred']}"] + ([f"d = {cell['dist']:.3g}"] if cell["dist"] is not None else [])
+                colour = (0, 0, 0) if cell["pred"] == trial["y"][point] else WRONG
+                draw.multiline_text((x0 + cell_w / 2, top + cell_h + 3), "\n".join(lines), fill=colour, font=small, anchor="ma", align="center", spacing=2)
+            y0 += cell_h + text_h + PAD
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def upscale(png: bytes, factor: int = 2) -> bytes:
+    """``png`` enlarged ``factor`` times by nearest neighbour (pixels stay sharp)."""
+    img = Image.open(io.BytesIO(png))
+    buf = io.BytesIO()
+    img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -20,11 +20,14 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, frontier, images, tilting, uncertainty
+from analysis import charts, frontier, images, natural, tilting, uncertainty
 from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
-from study import artifacts
+from study import artifacts, fsio
 
-ARTIFACTS = ("tilting-plane", "perturbation", "uncertainty")
+ARTIFACTS = ("tilting-plane", "perturbation", "uncertainty", "natural", "natural_images")
+# The generative model's grids under generative/ (study.trial.prepare_generative), by report stem.
+GENERATIVE = {"generative-samples": "samples.png", "generative-reconstructions": "reconstructions.png"}
+GENERATIVE_SCALE = 2  # their 28 px digits, enlarged (nearest neighbour) to read on the page
 # A study varying one training axis gets a one-row heatmap; with more values than this, none.
 HEATMAP_MAX_STRIP = 8
 PROVENANCE = ("advsweep_version", "git_sha", "torch_version", "ray_version", "python_version", "started_at", "finished_at", "wall_s")
@@ -51,6 +54,13 @@ def read_artifacts(results: str) -> dict[str, pl.DataFrame]:
     """The per-trial artifacts the report draws (``study.artifacts``), by name; absent ones left out."""
     found = {name: artifacts.read(results, name) for name in ARTIFACTS}
     return {name: frame for name, frame in found.items() if frame is not None and not frame.is_empty()}
+
+
+def read_generative(results: str) -> dict[str, bytes]:
+    """The generative model's PNG grids (``GENERATIVE``) the results folder has, by report stem."""
+    fs, base = fsio.resolve(results)
+    paths = {stem: fsio.join(base, "generative", name) for stem, name in GENERATIVE.items()}
+    return {stem: fsio.read_bytes(fs, path) for stem, path in paths.items() if fsio.exists(fs, path)}
 
 
 def _robustness(df: pl.DataFrame) -> pl.DataFrame:
@@ -91,10 +101,14 @@ def _has_tilting_curve(df: pl.DataFrame) -> bool:
     return geo.get_column("l2").n_unique() > 1
 
 
-def build_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+def build_charts(
+    df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None, generative: dict[str, bytes] | None = None
+) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
     """(file stem, title, what it shows, chart) for every chart of the report: an altair chart,
-    or PNG bytes for an image (the perturbation grid). Each evaluator's charts appear when its
-    rows do; ``found``: the artifacts (``read_artifacts``) for the tilting plane and the grid."""
+    or PNG bytes for an image (the perturbation grid, the natural strip, the generator's grids).
+    Each evaluator's charts appear when its rows do; ``found``: the artifacts (``read_artifacts``)
+    for the tilting plane, the grids and strips; ``generative``: the generator's PNG grids
+    (``read_generative``)."""
     found = found or {}
     out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
     robustness = _robustness(df)
@@ -134,6 +148,59 @@ def build_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None)
             "Error rate of the target model (column) on adversarial examples crafted on the source model (row), one panel per eps. "
             "The outlined diagonal is each model's own error under the attack; the tooltip adds agreement, the fraction of points both get wrong where they predict the same class.",
             charts.transfer_matrix(transfer),
+        ))
+    out += _generative_images(generative or {})
+    out += _natural_charts(df, found)
+    return out
+
+
+def _generative_images(grids: dict[str, bytes]) -> list[tuple[str, str, str, bytes]]:
+    what = {
+        "generative-samples": ("The generator's samples", "Samples G(z), z ~ N(0, I), of the study's generative model (the WGAN-GP generator the natural adversaries and the reconstruction defense use)."),
+        "generative-reconstructions": (
+            "The generator's reconstructions",
+            "Test images, rows of 8, each row above its reconstruction G(I(x)) through the inverter I and the generator G: how much of a point the search's start and the defense keep.",
+        ),
+    }
+    return [(stem, *what[stem], images.upscale(grids[stem], GENERATIVE_SCALE)) for stem in GENERATIVE if stem in grids]
+
+
+def _natural_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
+    nat = df.filter(pl.col("evaluator") == "natural", pl.col("latent_search").is_not_null())
+    if not nat.is_empty():
+        out.append((
+            "natural-success", "Natural adversaries: success against queries",
+            "Per target model (panel): the fraction of correctly classified points for which the latent-space search found a natural adversary, against the mean "
+            "classifier queries it spent per point (log axis), a point per budget (at most N x rounds queries) and a line per search. Larger budgets read the "
+            "same searches stopped later, so each line only rises.",
+            natural.success_curve(nat),
+        ))
+        points = found.get("natural")
+        points = points if points is not None and points.get_column("trial_id").is_in(nat.get_column("trial_id").unique().to_list()).any() else None
+        out.append((
+            "natural-distance", "Natural adversaries: latent distance per model",
+            "At the largest budget, how far in latent space the adversaries found lie from the point's own code I(x): the median (circle) and mean (diamond) "
+            "of ||z* - I(x)||" + (", and a bar over the interquartile range of the found points" if points is not None else "") + ", per target model "
+            "and search (log axis). A model whose natural adversaries lie farther away is harder to fool with natural changes.",
+            natural.distance_chart(nat, points),
+        ))
+        strip = found.get("natural_images")
+        if strip is not None and strip.get_column("trial_id").is_in(nat.get_column("trial_id").unique().to_list()).any():
+            out.append((
+                "natural-strip", "Natural adversaries: examples",
+                "The first correctly classified test points (columns) of every model (a group of rows each): x, its reconstruction G(I(x)) where the search "
+                "starts, and the natural adversary G(z*) each search found at the largest budget (gray: none found). Under each image, class -> the "
+                "model's prediction (red where they differ), under an adversary its latent distance d = ||z* - I(x)||.",
+                images.natural_strip(strip, nat),
+            ))
+    rec = df.filter(pl.col("evaluator") == "reconstruction", pl.col("recon_acc").is_not_null())
+    if not rec.is_empty():
+        out.append((
+            "reconstruction", "The reconstruction defense per input set",
+            "Per model (panel) and input set: accuracy on the inputs as given (light) and on their projection onto the generator's range, G(I(inputs)) (dark). "
+            "The attacks were crafted against the undefended model.",
+            natural.reconstruction_chart(rec),
         ))
     return out
 
@@ -255,8 +322,9 @@ def _robustness_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
     return out
 
 
-def summary_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
-    """(title, what, table) for every table of the report; each evaluator's appear when its rows do."""
+def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None) -> list[tuple[str, str, pl.DataFrame]]:
+    """(title, what, table) for every table of the report; each evaluator's appear when its rows
+    do (``found``: the artifacts, for the tables built from them)."""
     out = []
     robustness = _robustness(df)
     if not robustness.is_empty():
@@ -283,6 +351,49 @@ def summary_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
         ))
     if not _uncertainty(df).is_empty():
         out += _uncertainty_tables(df)
+    out += _natural_tables(df, (found or {}).get("natural"))
+    return out
+
+
+def _natural_tables(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple[str, str, pl.DataFrame]]:
+    out = []
+    nat = df.filter(pl.col("evaluator") == "natural", pl.col("latent_search").is_not_null())
+    names = {"latent_search": "search", "latent_samples": "N", "latent_dr": "dr"}
+    if not nat.is_empty():
+        out.append((
+            "Natural adversaries: success by budget",
+            "Natural adversaries (latent-space search, Zhao et al. 2018): the fraction of the correctly classified points searched for which the search found "
+            "an input G(z*) the model misclassifies, with at most r rounds of N samples each (at most N x r classifier queries per point); dr: the search's "
+            "radius step in latent space (the iterative search's shell width, the hybrid search's resolution).",
+            natural.success_table(nat, wide=True).rename(names),
+        ))
+        table = natural.distance_table(nat)
+        dists = [pl.Series(c, [_short(v) for v in table.get_column(c)], dtype=pl.String) for c in ("latent_dist_mean", "latent_dist_median", "recon_l2_mean")]
+        out.append((
+            "Natural adversaries: latent distance by target model",
+            "At the largest budget (budget: classifier queries per point at most): success rate; the latent distance ||z* - I(x)|| of the adversaries found (mean, median); "
+            "the input-space L2 distance of the adversary G(z*) from x (l2_mean) and from x's reconstruction G(I(x)) (recon_l2_mean, the search's own change "
+            "without the generator's reconstruction error); and the mean classifier queries spent per point.",
+            table.with_columns(dists).rename(names),
+        ))
+        paired = natural.paired_distances(points, nat) if points is not None else pl.DataFrame()
+        if not paired.is_empty():
+            out.append((
+                "Natural adversaries: paired latent distances",
+                "Does the more accurate model need larger latent changes? Per search and pair of models (stronger: the higher clean accuracy), over the points both "
+                "classify correctly and both searches broke (the searches draw the same random directions for every model): each model's mean latent distance "
+                "there, the mean difference stronger - weaker with its 95% t-interval (diff_lo, diff_hi), and the fraction of points where the stronger model's "
+                "is larger.",
+                paired.rename(names),
+            ))
+    if not df.filter(pl.col("evaluator") == "reconstruction", pl.col("recon_acc").is_not_null()).is_empty():
+        out.append((
+            "The reconstruction defense",
+            "Accuracy of each model on each input set as given and, in the column after it, on its reconstruction G(I(inputs)) through the inverter and the "
+            "generator (the defense: classify the projection onto the generator's range). The attacks (fgsm-<norm>-<eps>, cw, natural) were crafted against "
+            "the undefended model.",
+            natural.reconstruction_table(df, wide=True),
+        ))
     return out
 
 
@@ -332,7 +443,9 @@ def _json_script(id_: str, value) -> str:
     return f'<script type="application/json" id="{id_}">{text}</script>'
 
 
-def render_html(study: str, df: pl.DataFrame, manifest: dict | None, chart_specs: list[tuple[str, str, str, dict | None]]) -> str:
+def render_html(
+    study: str, df: pl.DataFrame, manifest: dict | None, chart_specs: list[tuple[str, str, str, dict | None]], found: dict[str, pl.DataFrame] | None = None
+) -> str:
     """The page; a chart whose spec is None is an image: ``<stem>.png`` beside the page."""
     trials = df.get_column("trial_id").n_unique()
     state = "finished" if manifest else "in progress (no manifest.json yet)"
@@ -341,7 +454,7 @@ def render_html(study: str, df: pl.DataFrame, manifest: dict | None, chart_specs
         f"<p>{trials} trials, {df.height} rows; sweep {state}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
         "Columns: docs/results-schema.md; analysis functions: docs/analysis.md.</p>",
     ]
-    for title, what, table in summary_tables(df):
+    for title, what, table in summary_tables(df, found):
         parts += [f"<h2>{html.escape(title)}</h2><p>{html.escape(what)}</p>", _table(table)]
     for stem, title, what, spec in chart_specs:
         parts.append(f'<h2>{html.escape(title)}</h2><p>{html.escape(what)} <a href="{stem}.png">PNG</a></p>')
@@ -367,7 +480,8 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
     out_dir = Path(out) if out else Path("report") / study
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
-    for stem, title, what, chart in build_charts(df, read_artifacts(results)):
+    found = read_artifacts(results)
+    for stem, title, what, chart in build_charts(df, found, read_generative(results)):
         if isinstance(chart, bytes):
             (out_dir / f"{stem}.png").write_bytes(chart)
             specs.append((stem, title, what, None))
@@ -376,7 +490,7 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
         (out_dir / f"{stem}.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=2))
         specs.append((stem, title, what, spec))
     index = out_dir / "index.html"
-    index.write_text(render_html(study, df, manifest, specs), encoding="utf-8")
+    index.write_text(render_html(study, df, manifest, specs, found), encoding="utf-8")
     return index
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from study import __version__, data, fsio, results
 from study.data import DataError
 from study.spec import SpecError, StudySpec, load_spec
+from study.generative import generative_key
 from study.store import ModelStore, model_key
 
 SPEC_FILE = "spec.json"  # the resolved spec a sweep started with; --resume checks it is unchanged
@@ -91,6 +92,8 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
         keys = {model_key(c, ds.fingerprint) for c in configs}
         out["models"] = len(keys)
         out["in_store"] = sum(store.has(k) for k in keys)
+    if spec.needs_generative:
+        out["generative_in_store"] = ModelStore(spec.store_uri).has(generative_key(spec.generative, ds.fingerprint))
     return out
 
 
@@ -115,7 +118,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
 
     from jobs import search
     from study.evaluators import STUDY_EVALUATORS
-    from study.trial import StudyContext, run_study_evaluators, run_trial
+    from study.trial import StudyContext, prepare_generative, run_study_evaluators, run_trial
 
     started = datetime.now(timezone.utc)
     run_started = int(time.time())  # Tune stamps reports in whole seconds
@@ -136,6 +139,13 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         ray.init(include_dashboard=False if local else None, log_to_driver=True)
     prov = provenance()
     context = StudyContext(spec=spec, results_uri=results_uri, store_uri=store_uri, provenance=prov)
+    gen_meta = None
+    if spec.needs_generative:
+        # Once per sweep, before any trial: the trials then load it from the store. A Ray task
+        # with a trial's resources, so on a cluster it trains on a worker, not the head.
+        task = ray.remote(prepare_generative).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+        gen_meta = ray.get(task.remote(context, ds))
+        print(f"generative model {gen_meta['key']}: {'from the store' if gen_meta['from_store'] else 'trained in %.0f s' % gen_meta['train_s']}", flush=True)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=ds, study=context),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
@@ -181,6 +191,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         "wall_s": time.perf_counter() - t0,
         "resumed": resume,
         "rows": table.num_rows,
+        "generative": gen_meta,
         "trials": trials,
     }
     manifest_path = results.write_manifest(results_uri, manifest)
@@ -277,6 +288,8 @@ def main(argv=None) -> int:
         upto = "at most " if spec.search.scheduler else ""  # a scheduler may stop trials before their rows
         rows = f"{upto}{p['rows']} rows" if p["rows"] is not None else "rows depend on the sampled models"
         print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")
+        if "generative_in_store" in p:
+            print(f"generative model: {'in the store' if p['generative_in_store'] else 'to train before the trials'}")
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")
         return 0
     return run(spec, ds, args.spec, resume=args.resume)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -58,6 +58,10 @@ COLUMNS = [
     ("search_steps", pa.int64(), "evaluation", "cw: rounds of the binary search over c"),
     ("eot_samples", pa.int64(), "evaluation", "stochastic models: MC samples per attack query (expectation over transformation); null for deterministic models"),
     ("mc_samples", pa.int64(), "evaluation", "uncertainty: T, the MC-dropout samples per input the metrics are computed from"),
+    ("latent_search", pa.string(), "evaluation", "natural adversaries: the latent-space search (iterative, hybrid)"),
+    ("latent_samples", pa.int64(), "evaluation", "natural adversaries: N, latent samples (classifier queries) per search round"),
+    ("latent_rounds", pa.int64(), "evaluation", "natural adversaries: the budget, at most this many search rounds per point (queries <= N * rounds)"),
+    ("latent_dr", pa.float64(), "evaluation", "natural adversaries: dr, the iterative search's shell width, the hybrid search's resolution"),
     ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target)"),
     ("source_label", pa.string(), "evaluation", "transfer: the source model's label"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
@@ -88,6 +92,15 @@ COLUMNS = [
     ("auroc_mi_se", pa.float64(), "metric", "uncertainty: standard error of auroc_mi (DeLong)"),
     ("auroc_smv", pa.float64(), "metric", "uncertainty: AUROC of SMV, clean vs this input set"),
     ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
+    ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space)"),
+    ("latent_dist_median", pa.float64(), "metric", "natural: median latent distance"),
+    ("queries_mean", pa.float64(), "metric", "natural: mean classifier queries spent per searched point (found or not)"),
+    ("queries_median", pa.float64(), "metric", "natural: median classifier queries per searched point"),
+    ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
+    ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
+    ("recon_acc", pa.float64(), "metric", "reconstruction: accuracy on G(I(inputs)), the inputs projected through the inverter and generator (the reconstruction defense); natural: accuracy on the points' reconstructions G(I(x))"),
+    ("generative_key", pa.string(), "generative", "natural, reconstruction, natural input sets: content hash of the generative model (config, data, code) in the store"),
+    ("gan_steps", pa.int64(), "generative", "generator steps the generative model was trained for"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
     ("from_store", pa.bool_(), "cost", "the model was loaded from the model store, not trained in this run"),
     ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
@@ -102,7 +115,10 @@ COLUMNS = [
 ]
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
 # The evaluation axes that, with trial_id, identify a row.
-KEY_COLUMNS = ("evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples", "source_trial_id")
+KEY_COLUMNS = (
+    "evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples",
+    "latent_search", "latent_samples", "latent_rounds", "latent_dr", "source_trial_id",
+)
 
 
 class SchemaVersionError(ValueError):

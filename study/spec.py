@@ -23,9 +23,11 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from study import models
 from study.attacks import ATTACKS
+from study.attacks.latent import KINDS as LATENT_KINDS
 from study.norms import NORMS
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits")
+INPUT_ATTACKS = ATTACKS + ("natural",)  # input sets: the pixel-space attacks and natural adversaries
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
@@ -229,31 +231,55 @@ class TransferEval(_Strict):
         return set()
 
 
-class InputSet(_Strict):
-    """Adversarial inputs for the uncertainty evaluator: every evaluation point attacked at each
-    eps (the attack's final iterate, as a detector would see it). C&W is unbounded: no eps."""
+class LatentSearchSpec(_Strict):
+    """A natural-adversary search in the generator's latent space (study.attacks.latent)."""
 
-    attack: Literal[ATTACKS]
-    norm: Literal[tuple(NORMS)] = "linf"
+    kind: Literal[LATENT_KINDS] = "iterative"
+    samples: PosInt = 64  # N: latent samples (classifier queries) per round
+    rounds: PosInt = 100  # the budget: at most this many rounds per image
+    dr: PosFloat = 0.1  # iterative: shell width; hybrid: resolution of the shrinking and the fine pass
+    h0: PosFloat = 10.0  # hybrid: the first coarse range [0, h0)
+    stop: PosInt = 5  # hybrid: rounds without improvement that end a phase
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.h0 <= self.dr:
+            raise ValueError("h0: must be > dr (the coarse range holds at least one shell)")
+        return self
+
+
+class InputSet(_Strict):
+    """Adversarial inputs for the uncertainty and reconstruction evaluators: every evaluation
+    point attacked at each eps (the attack's final iterate, as a detector would see it). C&W is
+    unbounded (no eps); `natural` searches the generator's latent space (no eps, no norm)."""
+
+    attack: Literal[INPUT_ATTACKS]
+    norm: Optional[Literal[tuple(NORMS)]] = "linf"
     eps: Optional[Annotated[list[PosFloat], Field(min_length=1), Distinct]] = None
     steps: Optional[PosInt] = None  # attack default when null (bim, pgd: 10; apgd: 100)
     step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
     cw: CWOptions = CWOptions()
+    search: LatentSearchSpec = LatentSearchSpec()  # natural
 
     @model_validator(mode="after")
     def _checks(self):
-        if self.attack == "cw":
+        own = {"cw": "cw", "natural": "search"}
+        for attack, name in own.items():
+            if name in self.model_fields_set and self.attack != attack:
+                raise ValueError(f"{name}: options for the {attack} attack, not {self.attack}")
+        if self.attack in own:
             if self.eps is not None:
-                raise ValueError("eps: cw is unbounded (it finds the smallest L2 perturbation); leave eps out")
-            if "norm" in self.model_fields_set and self.norm != "l2":
-                raise ValueError("norm: cw is an L2 attack")
-            self.norm = "l2"
+                raise ValueError(f"eps: {self.attack} is unbounded (it searches for the closest adversarial); leave eps out")
             for name in ("steps", "step_size"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: set cw's options under cw: (steps, lr, search_steps, confidence, initial_c)")
+                    raise ValueError(f"{name}: set {self.attack}'s options under {own[self.attack]}:")
+            forced = "l2" if self.attack == "cw" else None
+            if "norm" in self.model_fields_set and self.norm != forced:
+                raise ValueError("norm: cw is an L2 attack" if forced else "norm: natural adversaries have no norm (their distance is measured in the latent space)")
+            self.norm = forced
             return self
-        if "cw" in self.model_fields_set:
-            raise ValueError(f"cw: options for the cw attack, not {self.attack}")
+        if self.norm is None:
+            raise ValueError(f"norm: required for {self.attack}")
         if self.eps is None:
             raise ValueError(f"eps: required for {self.attack} (a list of radii)")
         if self.norm == "linf" and max(self.eps) > 1:
@@ -284,8 +310,57 @@ class UncertaintyEval(_Strict):
         return set()
 
 
-Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval], Field(discriminator="evaluator")]
-EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty")
+class NaturalEval(_Strict):
+    """Natural adversaries (study.evaluators.natural): latent-space searches around I(x) for the
+    correctly classified points, per search kind x samples per round x dr x round budget."""
+
+    evaluator: Literal["natural"]
+    search: Annotated[list[Literal[LATENT_KINDS]], Field(min_length=1), Distinct] = list(LATENT_KINDS)
+    samples: Annotated[list[PosInt], Field(min_length=1), Distinct] = [64]
+    rounds: Annotated[list[PosInt], Field(min_length=1), Distinct] = [1, 3, 10, 30, 100]  # budgets: one search, stopped after each
+    dr: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1]
+    h0: PosFloat = 10.0  # hybrid: the first coarse range
+    stop: PosInt = 5  # hybrid: rounds without improvement that end a phase
+    n_points: Optional[PosInt] = 200  # search from the first n evaluation points (all when null)
+    examples: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=16)] = 8  # points kept as images (x, G(I(x)), adversary)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for i, dr in enumerate(self.dr):
+            if self.h0 <= dr and "hybrid" in self.search:
+                raise ValueError(f"dr[{i}]: must be < h0 ({self.h0:g}) for the hybrid search")
+        return self
+
+    def searches(self):
+        """One LatentSearchSpec per (kind, samples, dr), run to the largest budget."""
+        for kind, n, dr in itertools.product(self.search, self.samples, self.dr):
+            yield LatentSearchSpec(kind=kind, samples=n, rounds=max(self.rounds), dr=dr, h0=self.h0, stop=self.stop)
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.search) * len(self.samples) * len(self.dr) * len(self.rounds)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class ReconstructionEval(_Strict):
+    """The reconstruction defense (study.evaluators.reconstruction): accuracy on each input set
+    (clean, and each attack at each eps) as it is and projected through G(I(.))."""
+
+    evaluator: Literal["reconstruction"]
+    inputs: list[InputSet] = [InputSet(attack="fgsm", norm="linf", eps=[0.1, 0.3])]
+    n_points: Optional[PosInt] = None  # the first n evaluation points (all when null)
+    eot_samples: PosInt = 10  # stochastic models: MC samples per attack query
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1 + sum(s.n_sets() for s in self.inputs)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval], Field(discriminator="evaluator")]
+EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction")
 STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
 
@@ -369,6 +444,32 @@ class Axis(BaseModel):
     values: list[Any]
 
 
+class GenerativeSpec(_Strict):
+    """The WGAN-GP generator, critic and inverter of natural adversaries (study.generative):
+    trained once per dataset and config and kept in the model store. The defaults fit a 2-core
+    CPU in minutes; search_spaces/natural-cluster.yaml has the paper's networks and schedule."""
+
+    arch: Literal["mlp", "conv"] = "mlp"
+    latent_dim: PosInt = 64
+    width: PosInt = 256  # mlp: hidden units (2 x width in the layer next to the image); conv: DIM
+    steps: PosInt = 8000  # generator steps
+    critic_steps: PosInt = 5  # critic steps per generator step
+    gp: NonNegFloat = 10.0  # gradient-penalty weight
+    lr: PosFloat = 1e-4
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
+    batch_size: PosInt = 64
+    inverter_lambda: NonNegFloat = 0.1  # weight of mean (z - I(G(z)))^2
+    joint_inverter: bool = False  # an inverter step after every critic step (the paper's schedule)
+    inverter_steps: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 4000  # inverter steps after the WGAN, G frozen
+    seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
+
+    @model_validator(mode="after")
+    def _inverter_trained(self):
+        if not self.joint_inverter and self.inverter_steps == 0:
+            raise ValueError("inverter_steps: the inverter needs training (inverter_steps > 0 or joint_inverter: true)")
+        return self
+
+
 class StudySpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     data: DataSpec = DataSpec()
@@ -379,6 +480,7 @@ class StudySpec(_Strict):
     results: Optional[str] = None  # local path or pyarrow.fs URI; default results/<name>
     store: Optional[str] = None  # model store; default: `store` beside the results folder
     seed: Annotated[int, BeforeValidator(_not_bool)] = 0
+    generative: GenerativeSpec = GenerativeSpec()  # natural adversaries and the reconstruction defense
 
     @field_validator("train", mode="before")
     @classmethod
@@ -394,6 +496,10 @@ class StudySpec(_Strict):
                 examples = ", ".join(sorted(known)[:4])
                 raise ValueError(f"{where}: unknown metric {metric!r} (e.g. {examples})")
         self._check_models()
+        if "generative" in self.model_fields_set and not self.needs_generative:
+            raise ValueError("generative: no evaluator uses the generative model (natural, reconstruction, or a natural input set)")
+        if self.generative.seed is None:
+            self.generative.seed = self.seed
         if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
             raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
@@ -429,6 +535,14 @@ class StudySpec(_Strict):
             if "apgd-dlr" in named and n_classes < 3:
                 return f"evaluate[{i}]: apgd-dlr needs at least 3 classes; the data has {n_classes} (use apgd-ce)"
         return None
+
+    @property
+    def needs_generative(self) -> bool:
+        """Whether an evaluator uses the generative model (trained once, before the trials)."""
+        return any(
+            e.evaluator in ("natural", "reconstruction") or any(s.attack == "natural" for s in getattr(e, "inputs", ()))
+            for e in self.evaluate
+        )
 
     @property
     def results_uri(self) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import evaluators, results
+from study import evaluators, fsio, generative, results
 from study.data import Dataset
 from study.evaluators import transfer
 from study.spec import StudySpec, TrainConfig, adversarial_name
@@ -123,11 +123,16 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         store.save(key, model, meta)
 
     rows = []
-    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri)
+    gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
+    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model)
     eval_start = time.perf_counter()
     for axes in spec.evaluate:
         rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
+    if gen_meta:
+        for row in rows:
+            if row["evaluator"] in ("natural", "reconstruction") or row.get("attack") == "natural":
+                row.update(generative_key=gen_meta["key"], gan_steps=spec.generative.steps)
     _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
@@ -163,6 +168,27 @@ def _fill(rows: list[dict], study: StudyContext, cfg: TrainConfig, tid: str, nam
     for row in rows:
         row.update(common)
         row["row_key"] = results.row_key(tid, row)
+
+
+def prepare_generative(study: StudyContext, data: Dataset) -> dict:
+    """Before the trials: the study's generative model from the store, or trained and stored now,
+    once per dataset and config; its sample grid (G(z), z ~ N(0, I)) and reconstruction grid
+    (test images above G(I(x))) go to generative/ under the results. Returns its metadata."""
+    spec = study.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    device = select_device(spec.resources.device, spec.resources.gpu)
+    model, meta = generative.trained(spec.generative, _tensor(data.x_train, device), data.fingerprint, ModelStore(study.store_uri))
+    x = _tensor(data.x_test[:32], device)
+    z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(spec.generative.seed)).to(device)
+    recon = model.reconstruct(x)
+    grids = {
+        "samples.png": generative.image_grid(model.generate(z), cols=8),
+        "reconstructions.png": generative.image_grid(torch.cat([torch.stack([x[i : i + 8], recon[i : i + 8]]).flatten(0, 1) for i in range(0, len(x), 8)]), cols=8),
+    }
+    fs, base = fsio.resolve(study.results_uri)
+    for name, png in grids.items():
+        fsio.write_atomic(fs, fsio.join(base, "generative", name), png)
+    return meta
 
 
 def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]) -> int:

@@ -157,3 +157,8 @@ def bnn_sweep(ray_session, tmp_path_factory):
 def bnn_model(bnn_sweep):
     """The BNN sweep's MC-dropout CNN with the mnist-5k test images: (model, x_test, y_test)."""
     return bnn_sweep.stored_model()
+
+
+@pytest.fixture(scope="session")
+def natural_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "natural.yaml", "natural")

@@ -1,6 +1,7 @@
 """Tables, charts and report sections of the `uncertainty` evaluator (MC-dropout models), on the
-real bnn-test sweep (tests/specs/bnn.yaml: one mc-cnn, input sets clean, FGSM 0.3 and C&W, T from
-1 to 100), checked against the rows and the per-point artifact read independently with polars."""
+real bnn-test sweep (tests/specs/bnn.yaml: one mc-cnn, input sets clean, FGSM 0.3, C&W and
+natural, T from 1 to 100), checked against the rows and the per-point artifact read
+independently with polars."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from analysis.report import build_charts, summary_tables, write_report
 from study import artifacts
 
 TS = [1, 2, 5, 10, 20, 50, 100]
-SETS = ["clean", "fgsm 0.3", "cw"]
+SETS = ["clean", "fgsm 0.3", "cw", "natural"]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,8 @@ def test_seed_table_matches_the_rows_and_the_points(bnn_df, points):
     assert table.get_column("mc_samples").to_list() == [100] * 3
 
     at_max = rows.filter(mc_samples=100)
-    for name, where in zip(SETS, [pl.col("attack") == "clean", (pl.col("attack") == "fgsm") & (pl.col("eps") == 0.3), pl.col("attack") == "cw"]):
+    wheres = [pl.col("attack") == "clean", (pl.col("attack") == "fgsm") & (pl.col("eps") == 0.3), pl.col("attack") == "cw", pl.col("attack") == "natural"]
+    for name, where in zip(SETS, wheres):
         row = table.filter(input_set=name).row(0, named=True)
         expected = at_max.filter(where)
         assert expected.height == 1, name
@@ -190,7 +192,7 @@ def test_auroc_table_and_curve_agree_with_the_rows(bnn_df, vega_values):
 
 def test_distributions_chart(bnn_df, points):
     stats = uncertainty.box_stats(points, bnn_df)
-    assert stats.height == 2 * 4  # MI and SMV x baseline, clean, fgsm 0.3, cw
+    assert stats.height == 2 * 5  # MI and SMV x baseline, clean, fgsm 0.3, cw, natural
     art = uncertainty.with_input_set(points, attack="input_set")
     for r in stats.iter_rows(named=True):
         values = art.filter(input_set=r["input_set"]).get_column(r["measure"].lower()).to_numpy()

@@ -27,7 +27,7 @@ def test_one_row_per_input_set_and_t(bnn_sweep, rows):
     spec = load_spec(bnn_sweep.spec)
     assert rows.height == spec.expected_rows()
     unc = rows.filter(pl.col("evaluator") == "uncertainty")
-    assert sorted(unc.get_column("attack").unique().to_list()) == ["clean", "cw", "fgsm"]
+    assert sorted(unc.get_column("attack").unique().to_list()) == ["clean", "cw", "fgsm", "natural"]
     assert sorted(unc.get_column("mc_samples").unique().to_list()) == [1, 2, 5, 10, 20, 50, 100]
     assert (unc.get_column("n_eval") == 400).all() and (unc.get_column("n_baseline") == 200).all()
     assert unc.get_column("row_key").n_unique() == unc.height
@@ -47,6 +47,16 @@ def test_adversarial_inputs_carry_more_uncertainty(rows):
     for attack in ("fgsm", "cw"):
         r = _unc(rows, attack, 100)
         assert r["auroc_mi"] > 0.7 and 0 < r["auroc_mi_se"] < 0.05
+
+
+def test_natural_adversaries_are_an_input_set(rows):
+    """The hybrid latent search, through the 10-sample predictive, breaks most points; their
+    rows carry the search and the generative model."""
+    r = _unc(rows, "natural", 100)
+    assert r["robust_acc"] <= 0.3
+    assert (r["latent_search"], r["latent_samples"], r["latent_rounds"], r["latent_dr"]) == ("hybrid", 8, 12, 0.25)
+    assert r["eot_samples"] == 10 and r["generative_key"].startswith("gen-") and r["gan_steps"] == 400
+    assert r["mi_mean"] > 0 and r["auroc_mi"] is not None
 
 
 def test_auroc_settles_as_samples_are_added(rows):
@@ -77,7 +87,7 @@ def test_per_point_artifact(bnn_sweep, rows):
     points = artifacts.read(str(bnn_sweep.results), "uncertainty")
     assert points is not None
     counts = dict(points.group_by("input_set").len().iter_rows())
-    assert counts == {"baseline": 200, "clean": 400, "fgsm": 400, "cw": 400}
+    assert counts == {"baseline": 200, "clean": 400, "fgsm": 400, "cw": 400, "natural": 400}
     fgsm = points.filter(pl.col("input_set") == "fgsm")
     assert fgsm.get_column("mi").mean() == pytest.approx(_unc(rows, "fgsm", 100)["mi_mean"], rel=1e-5)
     assert 1 - fgsm.get_column("wrong").mean() == pytest.approx(_unc(rows, "fgsm", 100)["robust_acc"])

@@ -1,25 +1,28 @@
 """Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns).
 
 Per-trial evaluators run inside a trial against its one model. ``transfer`` is a study
-evaluator: it needs every trial's model, so jobs.sweep runs it once after the trials.
+evaluator: it needs every trial's model, so jobs.sweep runs it once after the trials. The
+natural and reconstruction evaluators (and natural input sets) use the study's generative model,
+trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from study import artifacts
-from study.evaluators import geometry, robustness, rubbish, uncertainty
+from study.evaluators import geometry, natural, reconstruction, robustness, rubbish, uncertainty
 from study.train import predict
 
 
 @dataclass
 class EvalContext:
     """What one trial hands every evaluator: its trained model, the evaluation split, the
-    training split (for its class geometry), and where artifacts go."""
+    training split (for its class geometry), where artifacts go, and the generative model."""
 
     model: torch.nn.Module
     x: torch.Tensor
@@ -29,6 +32,7 @@ class EvalContext:
     y_train: torch.Tensor
     trial_id: str
     results_uri: str
+    generative: Any = None  # study.generative.Generative when an evaluator needs it
 
     @cached_property
     def correct(self) -> torch.Tensor:
@@ -47,6 +51,8 @@ EVALUATORS = {
     "geometry": geometry.evaluate,
     "rubbish": rubbish.evaluate,
     "uncertainty": uncertainty.evaluate,
+    "natural": natural.evaluate,
+    "reconstruction": reconstruction.evaluate,
 }
 STUDY_EVALUATORS = ("transfer",)
 

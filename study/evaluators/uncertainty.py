@@ -2,9 +2,10 @@
 
 The evaluation images split in two: the first ``baseline`` are a separate clean baseline set;
 the rest are the input sets' source points. Input sets: ``clean`` (those points as they are)
-and, per configured attack and eps, every point attacked (the attack's final iterate, or C&W's
-closest adversarial; points already misclassified are attacked too, as a detector would see
-them). Attacks query the model through its ``eot_samples``-draw predictive (study.mc).
+and, per configured attack and eps, every point attacked (study.evaluators.inputs: the attack's
+final iterate, C&W's closest adversarial, or a natural adversary from the generator's latent
+space; points already misclassified are attacked too, as a detector would see them). Attacks
+query the model through its ``eot_samples``-draw predictive (study.mc).
 
 Each set's T_max = max(mc_samples) predictive samples are drawn once; a row for T uses the
 first T of them, so the T sweep shows how the estimates settle as samples are added. Per
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from study import attacks, mc, norms
+from study import mc
+from study.evaluators import inputs
 from study.evaluators.robustness import stream_seed
 from study.norms import L2, Linf
 
@@ -42,7 +44,7 @@ def evaluate(ctx, axes) -> list[dict]:
         clean = _scores(mc.sample_probs(model, x, t_max, max_rows), axes.mc_samples, y)
         sets = [(dict(attack="clean", eps=0.0), x, clean, time.perf_counter() - start)]
         for spec in axes.inputs:
-            for eps, x_adv, cols, craft_s in _craft(attacked, x, y, spec, ctx.seed):
+            for eps, x_adv, cols, craft_s in inputs.craft(attacked, x, y, spec, ctx.seed, "uncertainty", ctx.generative):
                 start = time.perf_counter()
                 scores = _scores(mc.sample_probs(model, x_adv, t_max, max_rows), axes.mc_samples, y)
                 sets.append(({**cols, "eps": eps}, x_adv, scores, craft_s + time.perf_counter() - start))
@@ -74,25 +76,6 @@ def evaluate(ctx, axes) -> list[dict]:
                 row["auroc_smv"], row["auroc_smv_se"] = auroc(c["smv"].numpy(), s["smv"].numpy())
             rows.append(row)
     return rows
-
-
-def _craft(model, x, y, spec, seed):
-    """(eps, x_adv, row columns, seconds) per eps of one input-set spec."""
-    if spec.attack == "cw":
-        attack = attacks.make("cw", **spec.cw.attack_options())
-        start = time.perf_counter()
-        x_adv = attack(model, x, y, math.inf, L2)  # unbounded: the closest adversarial found
-        cols = dict(attack="cw", norm="l2", steps=attack.steps, step_size=attack.step_size, restarts=1, kappa=attack.confidence, search_steps=attack.search_steps)
-        yield None, x_adv, cols, time.perf_counter() - start
-        return
-    attack = attacks.make(spec.attack, steps=spec.steps, step_size=spec.step_size)
-    norm = norms.get(spec.norm)
-    for eps in spec.eps:
-        gen = torch.Generator(device=x.device).manual_seed(stream_seed(seed, "uncertainty", spec.attack, spec.norm, eps))
-        start = time.perf_counter()
-        x_adv = attack(model, x, y, eps, norm, generator=gen)
-        cols = dict(attack=attack.name, norm=spec.norm, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
-        yield float(eps), x_adv, cols, time.perf_counter() - start
 
 
 def _write_points(ctx, sets, baseline: dict, t_max: int) -> None:
