@@ -105,7 +105,7 @@ def test_seed_table_matches_the_rows_and_the_points(bnn_df, points):
     table = uncertainty.seed_table(bnn_df)
     assert table.columns == ["label", "mc_samples", "input_set", "accuracy", "mi_mean", "smv_mean", "mi_rel", "smv_rel"]
     assert table.get_column("input_set").to_list() == SETS  # one row per set, clean first
-    assert table.get_column("mc_samples").to_list() == [100] * 3
+    assert table.get_column("mc_samples").to_list() == [100] * len(SETS)
 
     at_max = rows.filter(mc_samples=100)
     wheres = [pl.col("attack") == "clean", (pl.col("attack") == "fgsm") & (pl.col("eps") == 0.3), pl.col("attack") == "cw", pl.col("attack") == "natural"]
@@ -140,8 +140,8 @@ def test_seed_table_matches_the_rows_and_the_points(bnn_df, points):
 
     # Another T; the source text's layout (measures as rows, input sets as columns).
     at10 = uncertainty.seed_table(bnn_df, mc_samples=10)
-    assert at10.get_column("mc_samples").to_list() == [10] * 3
-    assert at10.get_column("mi_mean").to_list() == [rows.filter(mc_samples=10, attack=a).item(0, "mi_mean") for a in ("clean", "fgsm", "cw")]
+    assert at10.get_column("mc_samples").to_list() == [10] * len(SETS)
+    assert at10.get_column("mi_mean").to_list() == [rows.filter(mc_samples=10, attack=a).item(0, "mi_mean") for a in ("clean", "fgsm", "cw", "natural")]
     wide = uncertainty.seed_table(bnn_df, wide=True)
     assert wide.columns == ["label", "mc_samples", "measure", *SETS]
     assert wide.get_column("measure").to_list() == ["accuracy", "mean MI", "mean SMV", "relative MI", "relative SMV"]
@@ -157,7 +157,7 @@ def test_auroc_table_and_curve_agree_with_the_rows(bnn_df, vega_values):
     table = uncertainty.auroc_table(bnn_df)
     assert table.get_column("input_set").to_list() == SETS[1:]
     curve = uncertainty.curve_data(bnn_df)
-    assert curve.height == 2 * 2 * len(TS)  # MI and SMV x two adversarial sets x T
+    assert curve.height == 2 * (len(SETS) - 1) * len(TS)  # MI and SMV x the adversarial sets x T
     for r in table.iter_rows(named=True):
         attack = r["input_set"].split()[0]
         at = rows.filter(attack=attack).sort("mc_samples")
@@ -207,7 +207,7 @@ def test_distributions_chart(bnn_df, points):
         assert len(panel["spec"]["layer"]) == 4  # whisker, box, median, mean
         assert panel["spec"]["layer"][1]["encoding"]["y"]["scale"]["type"] == "sqrt"
         drawn = pl.DataFrame(panel["data"]["values"])
-        assert drawn.height == 4 and set(drawn.get_column("measure")) == {measure}
+        assert drawn.height == 1 + len(SETS) and set(drawn.get_column("measure")) == {measure}  # with the baseline
     with pytest.raises(ValueError, match="no uncertainty artifact points"):
         uncertainty.distributions(points.filter(pl.col("trial_id") == "none"), bnn_df)
 
