@@ -63,6 +63,13 @@ def read_generative(results: str) -> dict[str, bytes]:
     return {stem: fsio.read_bytes(fs, path) for stem, path in paths.items() if fsio.exists(fs, path)}
 
 
+def _of_trials(artifact: pl.DataFrame | None, df: pl.DataFrame) -> pl.DataFrame | None:
+    """An artifact when it has rows of ``df``'s trials (it may hold other studies' too), else None."""
+    if artifact is None or not artifact.get_column("trial_id").is_in(df.get_column("trial_id").unique().to_list()).any():
+        return None
+    return artifact
+
+
 def _robustness(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("evaluator") == "robustness")
 
@@ -122,8 +129,8 @@ def build_charts(
             "1/2 ||c1 - c0|| cos theta; bottom, right axis: the test error.",
             tilting.tilting_curve(df),
         ))
-    plane = found.get("tilting-plane")
-    if plane is not None and plane.get_column("trial_id").is_in(df.get_column("trial_id").unique().to_list()).any():
+    plane = _of_trials(found.get("tilting-plane"), df)
+    if plane is not None:
         out.append((
             "tilting-plane", "The tilting plane",
             "Train (faint circles) and test (triangles) points projected on the plane spanned by the centroid direction c1 - c0 (u, origin at the centroids' midpoint) "
@@ -176,8 +183,7 @@ def _natural_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "same searches stopped later, so each line only rises.",
             natural.success_curve(nat),
         ))
-        points = found.get("natural")
-        points = points if points is not None and points.get_column("trial_id").is_in(nat.get_column("trial_id").unique().to_list()).any() else None
+        points = _of_trials(found.get("natural"), nat)
         out.append((
             "natural-distance", "Natural adversaries: latent distance per model",
             "At the largest budget, how far in latent space the adversaries found lie from the point's own code I(x): the median (circle) and mean (diamond) "
@@ -185,8 +191,8 @@ def _natural_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "and search (log axis). A model whose natural adversaries lie farther away is harder to fool with natural changes.",
             natural.distance_chart(nat, points),
         ))
-        strip = found.get("natural_images")
-        if strip is not None and strip.get_column("trial_id").is_in(nat.get_column("trial_id").unique().to_list()).any():
+        strip = _of_trials(found.get("natural_images"), nat)
+        if strip is not None:
             out.append((
                 "natural-strip", "Natural adversaries: examples",
                 "The first correctly classified test points (columns) of every model (a group of rows each): x, its reconstruction G(I(x)) where the search "
@@ -220,7 +226,7 @@ def _uncertainty_charts(df: pl.DataFrame, points: pl.DataFrame | None) -> list[t
             "dashed: chance (0.5).",
             uncertainty.auroc_curve(rows),
         ))
-    if points is not None and points.get_column("trial_id").is_in(rows.get_column("trial_id").unique().to_list()).any():
+    if _of_trials(points, rows) is not None:
         out.append((
             "uncertainty-distributions", "MI and SMV distributions",
             "MI (top) and SMV (bottom) of every point at the largest T, per input set (baseline: the separate clean set the relative measures divide by), "

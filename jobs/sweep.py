@@ -230,13 +230,15 @@ def trial_record(r, since: int) -> dict:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
-    from analysis import uncertainty
+    from analysis import natural, uncertainty
     from analysis.frontier import best_per_point
 
     df = pl.from_arrow(table)
     rob = df.filter(pl.col("evaluator") == "robustness")
     geo = df.filter(pl.col("evaluator") == "geometry", pl.col("norm") == "l2", pl.col("attack") != "closed-form")
     unc = df.filter(pl.col("evaluator") == "uncertainty")
+    nat = df.filter(pl.col("evaluator") == "natural")
+    rec = df.filter(pl.col("evaluator") == "reconstruction")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         if rob.height:
             best = best_per_point(rob).select(
@@ -254,6 +256,14 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
             per_set = uncertainty.seed_table(unc).join(uncertainty.auroc_table(unc).select("label", "input_set", "auroc_mi"), on=["label", "input_set"], how="left", maintain_order="left")
             print("\nUncertainty at the largest T: accuracy, mean MI relative to the clean baseline set, and MI's detection AUROC (clean vs the set):")
             print(per_set.select("label", "input_set", pl.col("accuracy").round(3), pl.col("mi_rel").round(2), pl.col("auroc_mi").round(3)))
+        if nat.height:
+            print("\nNatural adversaries at the largest budget: success, mean latent distance ||z* - I(x)||, mean queries per point:")
+            print(natural.distance_table(nat).select(
+                "label", pl.col("latent_search").alias("search"), "budget", pl.col("success_rate").round(3), pl.col("latent_dist_mean").round(3), pl.col("queries_mean").round(1)
+            ))
+        if rec.height:
+            print("\nReconstruction defense: accuracy on each input set as given and through G(I(.)):")
+            print(natural.reconstruction_table(rec).select("label", "input_set", pl.col("accuracy").round(3), pl.col("recon_acc").round(3)))
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")

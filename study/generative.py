@@ -92,15 +92,20 @@ class Generative(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-        return torch.cat([self.generator(z[i : i + batch]) for i in range(0, len(z), batch)])
+        return _batched(self.generator, z, batch)
 
     @torch.no_grad()
     def invert(self, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-        return torch.cat([self.inverter(x[i : i + batch]) for i in range(0, len(x), batch)])
+        return _batched(self.inverter, x, batch)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """G(I(x)): the projection onto the generator's manifold (the reconstruction defense)."""
         return self.generate(self.invert(x))
+
+
+def _batched(net: nn.Module, v: torch.Tensor, batch: int) -> torch.Tensor:
+    # range(max(len, 1)): an empty input still makes one (empty) call, so the result has its shape.
+    return torch.cat([net(v[i : i + batch]) for i in range(0, max(len(v), 1), batch)])
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -98,3 +98,9 @@ def test_the_papers_joint_schedule_trains_the_inverter_with_the_critic(images):
     out = generative.train(model, images, progress=False)
     assert "inverter_loss" in out and "critic_loss" in out
     assert not all(torch.equal(v, model.inverter.state_dict()[k]) for k, v in before.items())
+
+
+def test_empty_batches_keep_their_shape():
+    model = generative.Generative(TINY, (1, 28, 28))
+    assert model.invert(torch.zeros(0, 1, 28, 28)).shape == (0, 8)
+    assert model.reconstruct(torch.zeros(0, 1, 28, 28)).shape == (0, 1, 28, 28)

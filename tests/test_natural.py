@@ -119,3 +119,27 @@ def test_reconstruction_rows_match_the_stored_models(natural_sweep):
     # FGSM at Linf .3 leaves almost nothing; projecting through G(I(.)) gives some of it back.
     for r in rows.filter(pl.col("attack") == "fgsm", pl.col("eps") == 0.3).iter_rows(named=True):
         assert r["recon_acc"] > r["robust_acc"], r
+
+
+def test_the_sweep_summary_prints_both_evaluators(natural_sweep, capsys):
+    import pyarrow.parquet as pq
+
+    from jobs.sweep import print_summary
+
+    table = pq.read_table(natural_sweep.results / "results.parquet")
+    print_summary(table, _manifest(natural_sweep)["trials"], "r", "m", "u")
+    out = capsys.readouterr().out
+    assert "Natural adversaries at the largest budget" in out and "Reconstruction defense" in out
+    assert out.count("fgsm-linf-0.3") == 2  # one line per model
+
+
+def test_the_report_shows_the_study(natural_sweep, tmp_path, charts_render):
+    from analysis.report import write_report
+
+    index = write_report(str(natural_sweep.results), tmp_path / "report")
+    page = index.read_text()
+    for title in ("Natural adversaries: success by budget", "Natural adversaries: paired latent distances", "The reconstruction defense"):
+        assert f"<h2>{title}</h2>" in page, title
+    for stem in ("generative-samples", "generative-reconstructions", "natural-strip"):
+        assert Image.open(index.parent / f"{stem}.png").size[0] > 200, stem
+    charts_render(index, ("natural-success", "natural-distance", "reconstruction"))
