@@ -47,9 +47,10 @@ def evaluate(ctx, axes) -> list[dict]:
     correct = ctx.correct[:n]
     index = correct.nonzero().squeeze(1).tolist()  # the searched points' evaluation indices: artifacts pair across models
     x, y = ctx.x[:n][correct], ctx.y[:n][correct]
-    recon = g.reconstruct(x)
+    recon_all = g.reconstruct(ctx.x[:n])
+    recon = recon_all[correct]
     # Points whose reconstruction the model already gets wrong are adversaries at latent distance 0.
-    recon_acc = (predict(ctx.model, g.reconstruct(ctx.x[:n])) == ctx.y[:n]).float().mean().item()
+    recon_acc = (predict(ctx.model, recon_all) == ctx.y[:n]).float().mean().item()
     classify = lambda inputs: predict(ctx.model, inputs)  # noqa: E731 -- the black box: labels only
     rows, finals = [], []
     for spec in axes.searches():
