@@ -100,6 +100,11 @@ def mnist5k_root() -> Path:
     return root
 
 
+def _one_line(e: Exception) -> str:
+    """An exception's text on one line (torchvision's download errors span several)."""
+    return " ".join(str(e).split())
+
+
 def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -108,12 +113,14 @@ def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Datase
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as e:
-        raise DataError(
-            f"data.root: no {name} files under {root / cls_name / 'raw'} ({e}); "
-            "point data.root at a folder holding them, or set data.download: true where there is internet"
-        ) from None
+        hint = (
+            "the download failed: run where there is internet, or point data.root at a folder holding them"
+            if download
+            else "point data.root at a folder holding them, or set data.download: true where there is internet"
+        )
+        raise DataError(f"data.root: no {name} files under {root / cls_name / 'raw'} ({_one_line(e)}); {hint}") from None
     except Exception as e:  # truncated or foreign files: torchvision raises whatever its parser hits
-        raise DataError(f"data.root: cannot read the {name} files under {root / cls_name / 'raw'}: {type(e).__name__}: {e}") from None
+        raise DataError(f"data.root: cannot read the {name} files under {root / cls_name / 'raw'}: {type(e).__name__}: {_one_line(e)}") from None
 
     def images(d):
         return (d.data.numpy().astype(np.float32) / 255.0)[:, None]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from study import mc
-from study.train import predict
 from study.evaluators import inputs
+from study.train import predict
 
 
 def evaluate(ctx, axes) -> list[dict]:
