@@ -144,8 +144,6 @@ def heatmap(
         color=alt.Color("robust_acc:Q", title=f"robust accuracy ({attack})", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
         tooltip=[alt.Tooltip("label:N", title="best model"), alt.Tooltip("models:Q"), alt.Tooltip("robust_acc:Q", format=".3f"), alt.Tooltip("clean_acc:Q", format=".3f")],
     )
-    # Drawn after every cell, so no neighbour's edge covers it.
-    diagonal = base.transform_filter("datum.same").mark_rect(filled=False, stroke="#222", strokeWidth=2)
     text = base.mark_text(fontSize=12).encode(
         text=alt.Text("robust_acc:Q", format=".2f"),
         color=alt.condition("datum.robust_acc > 0.6", alt.value("black"), alt.value("white")),

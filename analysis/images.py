@@ -40,14 +40,14 @@ def grid_size(n_rows: int, height: int, width: int, scale: int = SCALE) -> tuple
     return LABEL_W + len(KINDS) * (cell_w + PAD) + PAD, HEADER_H + n_rows * (cell_h + PAD) + PAD
 
 
-def _font(size: int = FONT_SIZE):
+def load_font(size: int = FONT_SIZE):
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: a fixed bitmap font
         return ImageFont.load_default()
 
 
-def _to_rgb(img: np.ndarray) -> np.ndarray:
+def to_rgb(img: np.ndarray) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
     img = np.clip(img, 0.0, 1.0)
     if img.shape[0] == 1:
@@ -96,7 +96,7 @@ def perturbation_grid(pert: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, po
     width, height = grid_size(len(table), h, w, scale)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font, small = _font(), _font(FONT_SIZE - 1)
+    font, small = load_font(), load_font(FONT_SIZE - 1)
     cell_w, cell_h = w * scale, h * scale
     for j, head in enumerate(HEADERS):
         x0 = LABEL_W + PAD + j * (cell_w + PAD)
@@ -109,7 +109,7 @@ def perturbation_grid(pert: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, po
         m = r["max_delta"] if r["max_delta"] > 0 else 1.0
         shown = {"x": r["x"], "delta": 0.5 + 0.5 * r["delta"] / m, "x_adv": r["x_adv"]}
         for j, kind in enumerate(KINDS):
-            img = Image.fromarray(_to_rgb(shown[kind])).resize((cell_w, cell_h), Image.NEAREST)
+            img = Image.fromarray(to_rgb(shown[kind])).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(img, (LABEL_W + PAD + j * (cell_w + PAD), y0))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
@@ -186,7 +186,7 @@ def natural_strip(images: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, poin
     width, height = strip_size(len(trials), len(columns), len(searches), h, w, scale)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font, small, title = _font(), _font(FONT_SIZE - 1), _font(FONT_SIZE + 2)
+    font, small, title = load_font(), load_font(FONT_SIZE - 1), load_font(FONT_SIZE + 2)
     cell_w, cell_h = w * scale, h * scale
     one, two = STRIP_TEXT_H
     rows = [("x", "x", one), ("reconstruction", "G(I(x))", one), *((s, f"natural\n({s})", two) for s in searches)]
@@ -207,7 +207,7 @@ def natural_strip(images: pl.DataFrame, frame: pl.DataFrame | pl.LazyFrame, poin
                     draw.rectangle([x0, top, x0 + cell_w - 1, top + cell_h - 1], fill=MISSING)
                     draw.text((x0 + cell_w / 2, top + cell_h / 2), cell["missing"], fill=(90, 90, 90), font=small, anchor="mm")
                     continue
-                canvas.paste(Image.fromarray(_to_rgb(cell["image"])).resize((cell_w, cell_h), Image.NEAREST), (x0, top))
+                canvas.paste(Image.fromarray(to_rgb(cell["image"])).resize((cell_w, cell_h), Image.NEAREST), (x0, top))
                 lines = [f"{trial['y'][point]} -> {cell['pred']}"] + ([f"d = {cell['dist']:.3g}"] if cell["dist"] is not None else [])
                 colour = (0, 0, 0) if cell["pred"] == trial["y"][point] else WRONG
                 draw.multiline_text((x0 + cell_w / 2, top + cell_h + 3), "\n".join(lines), fill=colour, font=small, anchor="ma", align="center", spacing=2)

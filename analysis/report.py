@@ -20,11 +20,15 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, frontier, images, natural, tilting, uncertainty
+from analysis import charts, epsilon, frontier, images, natural, tilting, uncertainty
 from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
 from study import artifacts, fsio
+from study.spec import DISTANCE_NORMS
 
-ARTIFACTS = ("tilting-plane", "perturbation", "uncertainty", "natural", "natural_images")
+ARTIFACTS = (
+    "tilting-plane", "perturbation", "uncertainty", "natural", "natural_images", "class_distances", "class_eps", "class_eps_robustness",
+    "crafted_images", "embedding_distances", "embedding_class_distances", "embedding_adversaries",
+)
 # The generative model's grids under generative/ (study.trial.prepare_generative), by report stem.
 GENERATIVE = {"generative-samples": "samples.png", "generative-reconstructions": "reconstructions.png"}
 GENERATIVE_SCALE = 2  # their 28 px digits, enlarged (nearest neighbour) to read on the page
@@ -71,7 +75,9 @@ def _of_trials(artifact: pl.DataFrame | None, df: pl.DataFrame) -> pl.DataFrame 
 
 
 def _robustness(df: pl.DataFrame) -> pl.DataFrame:
-    return df.filter(pl.col("evaluator") == "robustness")
+    """The robustness rows of plain eps grids; those at a per-class eps and its uniform twin
+    (``eps_rule``) have their own sections (``_epsilon_tables``, ``_epsilon_charts``)."""
+    return df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_null())
 
 
 def _robustness_charts(df: pl.DataFrame) -> list[tuple[str, str, str, alt.TopLevelMixin]]:
@@ -158,6 +164,7 @@ def build_charts(
         ))
     out += _generative_images(generative or {})
     out += _natural_charts(df, found)
+    out += _epsilon_charts(df, found)
     return out
 
 
@@ -207,6 +214,78 @@ def _natural_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "Per model (panel) and input set: accuracy on the inputs as given (light) and on their projection onto the generator's range, G(I(inputs)) (dark). "
             "The attacks were crafted against the undefended model.",
             natural.reconstruction_chart(rec),
+        ))
+    return out
+
+
+def _epsilon_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
+    cells = _of_trials(found.get("class_distances"), df)
+    if cells is not None:
+        sample = epsilon.sample(cells, df)
+        label = sample.get_column("label").first()
+        present = sample.get_column("norm").unique().to_list()
+        for norm in [n for n in DISTANCE_NORMS if n in present]:
+            out.append((
+                f"distances-{norm}", f"Distances between classes, {norm}",
+                f"Mean {norm} distance{' (pixels that differ)' if norm == 'l0' else ''} between the sampled images of the row's and the column's class; the "
+                "outlined diagonal is the mean within the class, over pairs of distinct images. A class whose diagonal cell is not the smallest of its row sits "
+                "closer to another class. "
+                f"Input-space distances do not depend on the model: these are trial {label}'s (the first by label).",
+                epsilon.distance_heatmap(sample, norm),
+            ))
+    eps = _of_trials(found.get("class_eps"), df)
+    if eps is not None:
+        out.append((
+            "class-eps", "Per-class eps",
+            "eps_c per class and norm (a row of panels each, own y axis): fraction x the q-quantile of the class's sampled images' distances to the nearest "
+            f"sampled image of another class, one bar per quantile q; trial {epsilon.artifact_trial(eps, df)[1]}'s sample (the first by label; the inputs' "
+            "distances do not depend on the model).",
+            epsilon.class_eps_chart(eps, df),
+        ))
+    by_class = _of_trials(found.get("class_eps_robustness"), df)
+    if by_class is not None and not by_class.filter(pl.col("attack") == "worst").is_empty():
+        out.append((
+            "class-eps-robustness", "Robustness per class: per-class against uniform eps",
+            "Robust accuracy (worst over the attacks) of each class's evaluation points when every class is attacked at its own eps_c (per-class) and when "
+            "every point is attacked at one uniform eps with the same mean; a row of panels per model, a column per norm and quantile q.",
+            epsilon.class_rule_chart(by_class, df),
+        ))
+    crafted = _of_trials(found.get("crafted_images"), df)
+    if crafted is not None:
+        label = epsilon.artifact_trial(crafted, df)[1]
+        for value, png in epsilon.crafted_grids(crafted, df).items():
+            out.append((
+                f"crafted-{value:g}", f"Crafted images, eps {value:g}",
+                f"x0 + {value:g} sign(x1), clipped to [0, 1], within Linf {value:g} of x0: row a takes x0, the first test image of class a; column b takes x1, "
+                f"the first of class b; the diagonal is x0 itself. Under each image, model {label}'s prediction (the first model by label) and its confidence: "
+                "black where it is x0's class, red where it is x1's, blue for another class.",
+                png,
+            ))
+    classes = _of_trials(found.get("embedding_class_distances"), df)
+    if classes is not None:
+        out.append((
+            "embedding-classes", "Distances between classes in the embedding",
+            "Per triplet model (panel): the mean L2 distance between the embeddings of the sampled images of the row's and the column's class; the outlined "
+            "diagonal is the mean within the class.",
+            epsilon.embedding_heatmap(classes, df),
+        ))
+    hist = _of_trials(found.get("embedding_distances"), df)
+    if hist is not None:
+        out.append((
+            "embedding-distances", "Within- and between-class distances in the embedding",
+            "Per triplet model (panel): the distribution of the embedding L2 distances of pairs of sampled images of one class (within) and of two classes "
+            "(between), each as a fraction of its pairs; dashed: the embed_eps radii of the embedding-space attacks.",
+            epsilon.distance_histogram(hist, df),
+        ))
+    adv = found.get("embedding_adversaries")
+    adv = _of_trials(adv.filter(pl.col("attack") == "pgd", pl.col("fooled")) if adv is not None else None, df)
+    if adv is not None:
+        out.append((
+            "embedding-adversaries", "Input-space adversaries in the embedding",
+            "How far the successful input-space PGD adversaries moved their point in the embedding, ||e(x_adv) - e(x)||_2, per triplet model (row) and attack "
+            "(column); dashed: the embed_eps radii. The adversaries left of a rule stay inside that ball (inside_rate in the table).",
+            epsilon.adversary_chart(adv, df),
         ))
     return out
 
@@ -358,6 +437,7 @@ def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = Non
     if not _uncertainty(df).is_empty():
         out += _uncertainty_tables(df)
     out += _natural_tables(df, (found or {}).get("natural"))
+    out += _epsilon_tables(df, found or {})
     return out
 
 
@@ -399,6 +479,63 @@ def _natural_tables(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple
             "generator (the defense: classify the projection onto the generator's range). The attacks (fgsm-<norm>-<eps>, cw, natural) were crafted against "
             "the undefended model.",
             natural.reconstruction_table(df, wide=True),
+        ))
+    return out
+
+
+def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, pl.DataFrame]]:
+    out = []
+    if not df.filter(pl.col("evaluator") == "distances", pl.col("within_mean").is_not_null()).is_empty():
+        label = epsilon.first_trial(epsilon.distance_rows(df))[1]
+        out.append((
+            "Distances between classes",
+            f"Distances evaluator, trial {label} (the first by label; input-space distances do not depend on the model): per norm, images sampled per class "
+            "and quantile: the mean within-class and between-class pairwise distances, the fraction of classes whose within-class mean is below their mean "
+            "distance to every other class, the images' mean distance to the nearest image of another class, and the eps suggestions eps_c = fraction x the "
+            "quantile of class c's nearest-other-class distances (eps: their mean over classes, eps_min, eps_max).",
+            epsilon.distance_table(df),
+        ))
+    cells = _of_trials(found.get("class_distances"), df)
+    if cells is not None:
+        sample = epsilon.sample(cells, df)
+        r = sample.row(0, named=True)
+        out.append((
+            "Classes closer to another class",
+            "Per norm, each class whose mean distance within the class is not below its mean distance to some other class: within, the nearest other class "
+            f"and that distance (trial {r['label']}'s sample of {r['per_class']} {r['split']} images per class). An empty table: every class is nearer to itself than to any other.",
+            epsilon.closer_classes(sample),
+        ))
+        linf = epsilon.matrix_range(sample, "linf")
+        if not linf.is_empty():
+            out.append((
+                "The Linf distance matrix",
+                "The smallest and the largest entry of the Linf class x class mean distance matrix and the cells (class_a-class_b) they sit in. The source text "
+                "finds every entry about 1 on MNIST (some pixel is dark in one image and bright in the other): then Linf cannot tell the classes apart.",
+                linf,
+            ))
+    if not df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_not_null(), pl.col("attack") == "worst").is_empty():
+        out.append((
+            "Per-class against uniform eps",
+            "Robust accuracy (worst over the attacks) per model, norm and quantile q when every class is attacked at its own eps_c = fraction x the q-quantile "
+            "of its training images' nearest-other-class distances (per-class), and when every point is attacked at one uniform eps, their mean over the "
+            "evaluated points (eps); gain: per-class - uniform.",
+            epsilon.rule_table(df),
+        ))
+    if not df.filter(pl.col("evaluator") == "crafted", pl.col("robust_acc").is_not_null()).is_empty():
+        out.append((
+            "Crafted images",
+            "x0 + eps sign(x1), clipped to [0, 1], for every ordered pair of test images x0, x1 of different classes (n_eval of them): robust_acc, the "
+            "fraction still classified as x0's class; target_rate, as x1's class; the mean confidence of the predictions; linf_mean, the mean Linf distance "
+            "from x0 (at most eps).",
+            epsilon.crafted_table(df),
+        ))
+    if not df.filter(pl.col("evaluator") == "embedding", pl.col("knn_acc").is_not_null()).is_empty():
+        out.append((
+            "Epsilon in the embedding",
+            "Triplet models: 1-nearest-neighbour accuracy in the embedding, the mean within- and between-class embedding distances; per embedding radius e, "
+            "the robust accuracy under PGD constrained to ||e(x') - e(x)||_2 <= e (e=<e> robust_acc) and, per input-space PGD attack (norm, eps), the fraction "
+            "of its successful adversaries whose embedding stays within e (e=<e> inside <norm> <eps>).",
+            epsilon.embedding_table(df),
         ))
     return out
 

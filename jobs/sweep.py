@@ -234,12 +234,16 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     from analysis.frontier import best_per_point
 
     df = pl.from_arrow(table)
-    rob = df.filter(pl.col("evaluator") == "robustness")
+    rob = df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_null())
+    per_class = df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_not_null(), pl.col("attack") == "worst")
+    dist = df.filter(pl.col("evaluator") == "distances")
+    crafted = df.filter(pl.col("evaluator") == "crafted")
+    emb = df.filter(pl.col("evaluator") == "embedding")
     geo = df.filter(pl.col("evaluator") == "geometry", pl.col("norm") == "l2", pl.col("attack") != "closed-form")
     unc = df.filter(pl.col("evaluator") == "uncertainty")
     nat = df.filter(pl.col("evaluator") == "natural")
     rec = df.filter(pl.col("evaluator") == "reconstruction")
-    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         if rob.height:
             best = best_per_point(rob).select(
                 "norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
@@ -264,6 +268,29 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
         if rec.height:
             print("\nReconstruction defense: accuracy on each input set as given and through G(I(.)):")
             print(natural.reconstruction_table(rec).select("label", "input_set", pl.col("accuracy").round(3), pl.col("recon_acc").round(3)))
+        if dist.height:
+            print("\nClass distances (the first trial's sample): within- and between-class means, classes closer to themselves than to every other class, and the per-class eps suggestions:")
+            print(
+                dist.filter(pl.col("trial_id") == dist.sort("label").item(0, "trial_id")).sort("norm", "per_class", "eps_quantile")
+                .select("norm", "per_class", pl.col("within_mean").round(3), pl.col("between_mean").round(3), pl.col("within_smaller_rate").alias("closer_to_self"),
+                        pl.col("eps_quantile").alias("q"), pl.col("eps").round(3).alias("eps_mean"), pl.col("eps_min").round(3), pl.col("eps_max").round(3))
+            )
+        if per_class.height:
+            print("\nPer-class eps vs one uniform eps with the same mean (worst case over the attacks):")
+            print(
+                per_class.pivot("eps_rule", index=["label", "norm", "eps_quantile", "eps"], values="robust_acc").sort("label", "norm", "eps_quantile")
+                .select("label", "norm", pl.col("eps_quantile").alias("q"), pl.col("eps").round(3).alias("mean eps"), pl.col("per-class").round(3), pl.col("uniform").round(3))
+            )
+        if crafted.height:
+            print("\nCrafted images x0 + eps sign(x1): classified as x0's class, as x1's, mean confidence:")
+            print(crafted.sort("label", "eps").select("label", "eps", pl.col("robust_acc").round(3).alias("as x0"), pl.col("target_rate").round(3).alias("as x1"), pl.col("adv_confidence_mean").round(3).alias("confidence")))
+        if emb.height:
+            print("\nEmbedding: 1-NN accuracy and within/between-class distances; embedding-space PGD accuracy; share of input-space PGD adversaries inside the ball:")
+            print(emb.filter(pl.col("attack").is_null()).sort("label").select("label", pl.col("knn_acc").round(3), pl.col("within_mean").round(3), pl.col("between_mean").round(3)))
+            print(
+                emb.filter(pl.col("attack").is_not_null()).sort("label", "attack", "norm", "embed_eps")
+                .select("label", "attack", "norm", "eps", "embed_eps", pl.col("robust_acc").round(3), pl.col("inside_rate").round(3), pl.col("embed_dist_mean").round(3))
+            )
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")

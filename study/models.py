@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from study.mc import MCDropout
 
 # Training-config fields that are model hyperparameters, passed to the factories that take them.
-MODEL_PARAMS = ("pieces", "dropout")
+MODEL_PARAMS = ("pieces", "dropout", "margin", "triplet_loss")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Registered:
 
     def params(self) -> set[str]:
         return set(inspect.signature(self.factory).parameters) & set(MODEL_PARAMS)
+
+    @property
+    def embeds(self) -> bool:
+        """Whether the model has a metric-learned embedding (``embed``): triplet."""
+        return self.objective == "triplet"
 
 
 MODELS: dict[str, Registered] = {}
@@ -212,3 +218,55 @@ class RBF(nn.Module):
 @register("rbf", objective="one_vs_rest")
 def rbf(input_shape, n_classes):
     return RBF(math.prod(input_shape), n_classes)
+
+
+class Triplet(nn.Module):
+    """A metric-learned embedding e(x) on the unit sphere (an embedding network trained with a
+    triplet loss), which classifies by the nearest class centroid of its training embeddings:
+    logit_k = -SCALE ||e(x) - mu_k||^2. So it is trained as a metric and attacked, evaluated
+    and predicted like any classifier. ``fit_centroids`` (the training loop calls it after every
+    epoch) sets the centroids; they are a buffer, stored with the weights."""
+
+    SCALE = 10.0  # softmax temperature of the centroid logits: squared distances are <= 4
+
+    def __init__(self, body: nn.Module, dim: int, n_classes: int, margin: float, loss: str):
+        super().__init__()
+        self.body, self.margin, self.loss = body, margin, loss
+        self.register_buffer("centroids", torch.zeros(n_classes, dim))
+
+    def embed(self, x):
+        return F.normalize(self.body(x), dim=1)
+
+    def forward(self, x):
+        return -self.SCALE * (self.embed(x)[:, None, :] - self.centroids).square().sum(2)
+
+    @torch.no_grad()
+    def fit_centroids(self, x, y, batch: int = 4096):
+        was_training = self.training
+        self.eval()
+        e = torch.cat([self.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
+        self.centroids.copy_(torch.stack([e[y == k].mean(0) if (y == k).any() else self.centroids[k] for k in range(len(self.centroids))]))
+        self.train(was_training)
+
+    def triplet_loss(self, emb, y):
+        """Triplets drawn inside the batch: every anchor with a random positive (same class, not
+        itself) and a random negative (another class); anchors with neither are left out.
+        ``margin``: mean max(0, |a - p|^2 - |a - n|^2 + margin) (Schroff et al.). ``ratio``:
+        d+ = softmax(|a - p|, |a - n|)_1, loss d+^2 + (d- - 1)^2 (Hoffer & Ailon)."""
+        same = y[:, None] == y[None, :]
+        positive = same & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        anchors = positive.any(1) & (~same).any(1)
+        pick = lambda mask: torch.where(mask, torch.rand(mask.shape, device=y.device), -1.0).argmax(1)
+        a, p, n = emb[anchors], emb[pick(positive)[anchors]], emb[pick(~same)[anchors]]
+        d_ap, d_an = (a - p).square().sum(1), (a - n).square().sum(1)
+        if self.loss == "margin":
+            return F.relu(d_ap - d_an + self.margin).mean()
+        d_plus, d_minus = torch.stack([d_ap, d_an], 1).clamp_min(1e-12).sqrt().softmax(1).unbind(1)
+        return (d_plus.square() + (d_minus - 1).square()).mean()
+
+
+@register("triplet", objective="triplet")
+def triplet(input_shape, n_classes, margin=0.2, triplet_loss="margin", dim=32, c1=16, c2=32, hidden=128):
+    """A triplet network: the cnn's layers as the embedding network (output ``dim``, normalised),
+    classifying by nearest class centroid. ``margin`` and ``triplet_loss`` are training axes."""
+    return Triplet(_cnn(input_shape, dim, c1, c2, hidden, dropout=0.0), dim, n_classes, margin, triplet_loss)

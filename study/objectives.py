@@ -11,6 +11,9 @@ loss it is trained with and what its outputs mean as probabilities:
 * ``one_vs_rest``: every class output is a probability of its own, p_k = exp(logit_k) with
   logit_k <= 0, trained with a binary cross-entropy per class (rbf). These need not sum to 1,
   so a model can be unsure of every class: Goodfellow's low confidence far from the data.
+* ``triplet``: a metric-learning model (study.models.Triplet) trained with a triplet loss on its
+  embedding; its logits (negative squared distances to the class centroids of its training
+  embeddings) give softmax probabilities like any classifier's.
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ def of(model: torch.nn.Module) -> str:
     return getattr(model, "objective", "cross_entropy")
 
 
-def loss(model: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return LOSSES[of(model)](logits, y)
+def training_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """J(x, y), the loss a model is trained with on a batch: its objective on its logits, or a
+    triplet model's triplet loss on its embedding."""
+    if of(model) == "triplet":
+        return model.triplet_loss(model.embed(x), y)
+    return LOSSES[of(model)](model(x), y)
 
 
 def probabilities(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -43,6 +43,8 @@ COLUMNS = [
     ("l2", pa.float64(), "training", "lambda of the L2 penalty lambda * ||W||^2 on weights, biases excluded (the SVM's regularization)"),
     ("pieces", pa.int64(), "training", "maxout: affine pieces per unit (null: the model's default, or not a maxout model)"),
     ("dropout", pa.float64(), "training", "mc-cnn, mc-mlp: MC dropout rate, kept on at prediction (null: the model's default, or not an MC-dropout model)"),
+    ("margin", pa.float64(), "training", "triplet: the triplet loss's margin (null: the model's default, or not a triplet model)"),
+    ("triplet_loss", pa.string(), "training", "triplet: `margin` (max(0, |a - p|^2 - |a - n|^2 + margin)) or `ratio` (Hoffer & Ailon's distance ratio)"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
@@ -62,6 +64,11 @@ COLUMNS = [
     ("latent_samples", pa.int64(), "evaluation", "natural adversaries: N, latent samples (classifier queries) per search round"),
     ("latent_rounds", pa.int64(), "evaluation", "natural adversaries: the budget, at most this many search rounds per point (queries <= N * rounds)"),
     ("latent_dr", pa.float64(), "evaluation", "natural adversaries: dr, the iterative search's shell width, the hybrid search's resolution"),
+    ("per_class", pa.int64(), "evaluation", "distances, per-class eps: images sampled per class"),
+    ("eps_quantile", pa.float64(), "evaluation", "distances, per-class eps: q, eps_c = eps_fraction x the q-quantile of class c's distances to the nearest image of another class"),
+    ("eps_fraction", pa.float64(), "evaluation", "distances, per-class eps: the fraction of that quantile"),
+    ("eps_rule", pa.string(), "evaluation", "robustness with per-class eps: `per-class` (each point attacked at its class's eps) or `uniform` (every point at their mean, the row's `eps`); null for a plain eps grid"),
+    ("embed_eps", pa.float64(), "evaluation", "embedding: the radius of the ball ||e(x') - e(x)||_2 <= embed_eps in the model's embedding space"),
     ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target)"),
     ("source_label", pa.string(), "evaluation", "transfer: the source model's label"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
@@ -99,6 +106,16 @@ COLUMNS = [
     ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
     ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
     ("recon_acc", pa.float64(), "metric", "reconstruction: accuracy on G(I(inputs)), the inputs projected through the inverter and generator (the reconstruction defense); natural: accuracy on the points' reconstructions G(I(x))"),
+    ("within_mean", pa.float64(), "metric", "distances: mean pairwise distance within a class (i != j), averaged over classes; embedding: the same in the embedding"),
+    ("between_mean", pa.float64(), "metric", "distances: mean pairwise distance between images of different classes, averaged over class pairs; embedding: the same in the embedding"),
+    ("within_smaller_rate", pa.float64(), "metric", "distances: fraction of classes whose within-class mean distance is below their mean distance to every other class"),
+    ("nearest_other_mean", pa.float64(), "metric", "distances: mean over the sampled images of the distance to the nearest sampled image of another class"),
+    ("eps_min", pa.float64(), "metric", "distances: the smallest per-class eps suggestion (`eps` is their mean over classes)"),
+    ("eps_max", pa.float64(), "metric", "distances: the largest per-class eps suggestion"),
+    ("target_rate", pa.float64(), "metric", "crafted: fraction of the crafted images x0 + eps sign(x1) classified as x1's class (`robust_acc`: as x0's)"),
+    ("knn_acc", pa.float64(), "metric", "embedding: 1-nearest-neighbour accuracy in the embedding (evaluation images against the training images)"),
+    ("inside_rate", pa.float64(), "metric", "embedding: fraction of the input-space adversaries (attack, norm, eps) whose embedding stays within embed_eps of the clean point's"),
+    ("embed_dist_mean", pa.float64(), "metric", "embedding: mean ||e(x_adv) - e(x)||_2 of the successful adversaries"),
     ("generative_key", pa.string(), "generative", "natural, reconstruction, natural input sets: content hash of the generative model (config, data, code) in the store"),
     ("gan_steps", pa.int64(), "generative", "generator steps the generative model was trained for"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
@@ -117,7 +134,8 @@ SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_K
 # The evaluation axes that, with trial_id, identify a row.
 KEY_COLUMNS = (
     "evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples",
-    "latent_search", "latent_samples", "latent_rounds", "latent_dr", "source_trial_id",
+    "latent_search", "latent_samples", "latent_rounds", "latent_dr", "per_class", "eps_quantile", "eps_fraction", "eps_rule", "embed_eps",
+    "source_trial_id",
 )
 
 

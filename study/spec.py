@@ -108,8 +108,28 @@ class TrainConfig(_Strict):
     l2: NonNegFloat = 0.0  # lambda: loss += lambda * ||W||^2 over weight matrices and kernels, biases excluded
     pieces: Optional[PosInt] = None  # maxout: affine pieces per unit (model default when null)
     dropout: Optional[Annotated[float, BeforeValidator(_not_bool), Field(ge=0, lt=1)]] = None  # mc-cnn, mc-mlp: MC dropout rate
+    margin: Optional[PosFloat] = None  # triplet: the triplet loss's margin between squared distances (model default when null)
+    triplet_loss: Optional[Literal["margin", "ratio"]] = None  # triplet: margin loss (FaceNet) or distance ratio (Hoffer & Ailon)
     adversarial: Optional[AdversarialTraining] = None
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_variant(cls, data):
+        """``model: {name: triplet, margin: 0.5}``: a model with its own hyperparameters, so one
+        grid can hold models that take different ones."""
+        if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+            return data
+        variant = dict(data["model"])
+        name = variant.pop("name", None)
+        if not isinstance(name, str) or name not in models.MODELS:
+            raise ValueError(f"a model variant needs a known `name` (known: {', '.join(models.MODELS)})")
+        for param in variant:
+            if param not in models.MODELS[name].params():
+                raise ValueError(f"{name} takes no {param} (it takes: {', '.join(sorted(models.MODELS[name].params())) or 'no hyperparameters'})")
+            if data.get(param) is not None:
+                raise ValueError(f"{param} is set both in the model variant and as a training axis")
+        return {**data, **variant, "model": name}
 
     @field_validator("model")
     @classmethod
@@ -146,6 +166,7 @@ class RobustnessEval(_Strict):
     cw: CWOptions = CWOptions()
     eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
+    per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
 
     @model_validator(mode="after")
     def _checks(self):
@@ -154,16 +175,37 @@ class RobustnessEval(_Strict):
         for i, e in enumerate(self.norms.get("linf", NormAxes(eps=[0])).eps):
             if e > 1:
                 raise ValueError(f"norms.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        if self.per_class_eps is not None:
+            if self.per_class_eps.norms is None:
+                self.per_class_eps.norms = list(self.norms)
+            if "cw" in self.attacks:
+                raise ValueError("per_class_eps: needs bounded attacks (cw has no eps)")
         return self
 
     def n_rows(self, linear_binary: bool = False) -> int:
-        """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps)."""
-        return sum(len(axes.eps) * (len(self.attacks) + 1) for axes in self.norms.values())
+        """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps); with
+        per_class_eps, per (norm, quantile) the per-class and the uniform rule, each per attack
+        and worst."""
+        rows = sum(len(axes.eps) * (len(self.attacks) + 1) for axes in self.norms.values())
+        if self.per_class_eps is not None:
+            rows += len(self.per_class_eps.norms) * len(self.per_class_eps.quantiles) * 2 * (len(self.attacks) + 1)
+        return rows
 
     def metric_names(self) -> set[str]:
         return {
             f"robust_acc@{a}-{n}-{e:g}" for n, axes in self.norms.items() for e in axes.eps for a in [*self.attacks, "worst"]
         }
+
+
+class PerClassEps(_Strict):
+    """Robustness at a per-class eps: each class c gets eps_c = fraction * the q-quantile of its
+    training images' distances to the nearest image of another class (study.evaluators.distances,
+    the same sample), next to one uniform eps with the same mean over the evaluated points."""
+
+    quantiles: Annotated[list[Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]], Field(min_length=1), Distinct] = [0.1, 0.5]
+    fraction: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] = 0.5
+    per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # training images sampled per class
+    norms: Optional[Annotated[list[Literal[tuple(NORMS)]], Field(min_length=1), Distinct]] = None  # default: the evaluator's norms
 
 
 class Bisection(_Strict):
@@ -359,8 +401,81 @@ class ReconstructionEval(_Strict):
         return set()
 
 
-Evaluator = Annotated[Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval], Field(discriminator="evaluator")]
-EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction")
+DISTANCE_NORMS = ("l0", "l1", "l2", "linf")
+Quantile = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]
+
+
+class DistancesEval(_Strict):
+    """Class x class mean pairwise distances of sampled images under L0, L1, L2 and Linf, each
+    image's distance to the nearest image of another class, and per-class eps suggestions
+    (``fraction`` x the ``quantiles`` of that distribution per class): study.evaluators.distances."""
+
+    evaluator: Literal["distances"]
+    norms: Annotated[list[Literal[DISTANCE_NORMS]], Field(min_length=1), Distinct] = list(DISTANCE_NORMS)
+    per_class: Annotated[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=2)]], Field(min_length=1), Distinct] = [100]  # images sampled per class
+    quantiles: Annotated[list[Quantile], Field(min_length=1), Distinct] = [0.1, 0.5]
+    fraction: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] = 0.5
+    split: Literal["train", "test"] = "train"
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.norms) * len(self.per_class) * len(self.quantiles)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class CraftedEval(_Strict):
+    """The source text's crafted images x0 + eps * sign(x1), clipped to [0, 1], for every ordered
+    pair of classes (x0 and x1 test images of different classes), classified by the model:
+    study.evaluators.crafted."""
+
+    evaluator: Literal["crafted"]
+    eps: Annotated[list[Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)]], Field(min_length=1), Distinct] = [0.1, 0.2, 0.3]
+    per_class: PosInt = 10  # test images per class; every pair of images of different classes is crafted
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.eps)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class EmbeddingEval(_Strict):
+    """Epsilon measured in a metric-learned embedding (models with one: triplet): nearest-neighbour
+    accuracy, within- and between-class embedding distances, PGD constrained to
+    ||e(x') - e(x)||_2 <= eps in embedding space (projection by bisection along the perturbation),
+    and how many input-space PGD adversaries stay inside that ball: study.evaluators.embedding.
+    Trials of models without an embedding skip it."""
+
+    evaluator: Literal["embedding"]
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1, 0.25, 0.5, 1.0]  # embedding-space L2 radii (unit-norm embeddings: at most 2)
+    steps: PosInt = 40  # embedding-space PGD iterations
+    step_size: PosFloat = 0.01  # input-space sign step per iteration (absolute, pixels in [0, 1])
+    bisection_steps: PosInt = 12  # halvings of the scale along the perturbation when a step leaves the ball
+    input_attacks: Annotated[dict[Literal[tuple(NORMS)], NormAxes], Field(min_length=1)] = {"linf": NormAxes(eps=[0.3]), "l2": NormAxes(eps=[4.5])}
+    input_steps: PosInt = 40  # PGD iterations of the input-space attacks
+    per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # images per class for the distance distributions
+    n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for i, e in enumerate(self.input_attacks.get("linf", NormAxes(eps=[0])).eps):
+            if e > 1:
+                raise ValueError(f"input_attacks.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        return self
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1 + len(self.eps) * (1 + sum(len(a.eps) for a in self.input_attacks.values()))
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+Evaluator = Annotated[
+    Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval, DistancesEval, CraftedEval, EmbeddingEval],
+    Field(discriminator="evaluator"),
+]
+EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding")
 STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
 
@@ -507,7 +622,11 @@ class StudySpec(_Strict):
     def _check_models(self):
         """Every model the study can train accepts the model hyperparameters it sets, and a
         two-class model gets two classes."""
-        options = self.train["model"].values if self.train["model"].kind in ("value", "grid", "choice") else []
+        options = self.model_names()
+        for option in self.train["model"].values:
+            for param in option if isinstance(option, dict) else ():
+                if param in self.train:
+                    raise ValueError(f"train.{param}: also set by a model variant in train.model; set it in one place")
         for name in models.MODEL_PARAMS:
             axis = self.train.get(name)
             if axis is None or all(v is None for v in axis.values):
@@ -518,12 +637,34 @@ class StudySpec(_Strict):
         for m in options:
             if models.MODELS[m].binary and len(self.data.classes or ()) != 2:
                 raise ValueError(f"train.model: {m} separates two classes: set data.classes to two labels, e.g. [2, 3]")
+        adversarial = self.train.get("adversarial")
+        if adversarial is not None and any(v is not None for v in adversarial.values):
+            for m in options:
+                if models.MODELS[m].embeds:
+                    raise ValueError(f"train.adversarial: {m} is trained as a metric (a triplet loss), not adversarially")
+        for i, e in enumerate(self.evaluate):
+            if e.evaluator == "embedding" and options and not any(models.MODELS[m].embeds for m in options):
+                raise ValueError(f"evaluate[{i}]: embedding needs a model with an embedding ({', '.join(k for k, r in models.MODELS.items() if r.embeds)}); train.model has {', '.join(options)}")
         stochastic = [k for k, e in models.MODELS.items() if STOCHASTIC_PARAM in e.params()]
         for i, e in enumerate(self.evaluate):
             if e.evaluator == "uncertainty":
                 for m in options:
                     if m not in stochastic:
                         raise ValueError(f"evaluate[{i}]: uncertainty needs MC-dropout models ({', '.join(stochastic)}); train.model has {m}")
+
+    def model_names(self) -> list[str]:
+        """The models the study can train (names; a model variant counts as its model)."""
+        axis = self.train["model"]
+        if axis.kind not in ("value", "grid", "choice"):
+            return []
+        return list(dict.fromkeys(v["name"] if isinstance(v, dict) else v for v in axis.values))
+
+    def label_axes(self) -> list[str]:
+        """The training axes a trial's label shows: those the study varies, and the
+        hyperparameters its model variants set."""
+        swept = [n for n, a in self.train.items() if a.kind != "value"]
+        variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k != "name"]
+        return swept + [k for k in dict.fromkeys(variants) if k not in swept]
 
     def data_problem(self, n_eval: int, n_classes: int) -> str | None:
         """What the loaded data makes impossible (sizes and class counts the spec alone does
@@ -599,10 +740,10 @@ class StudySpec(_Strict):
 
     def rows_per_trial(self, model: str) -> int:
         """Rows a trial of ``model`` writes (the geometry evaluator's closed forms need a linear
-        two-class model)."""
+        two-class model; the embedding evaluator, a model with an embedding)."""
         entry = models.MODELS[model]
         linear_binary = entry.linear and (entry.binary or len(self.data.classes or ()) == 2)
-        return sum(e.n_rows(linear_binary) for e in self.evaluate)
+        return sum(e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds)
 
     def transfer_rows(self, n_models: int) -> int:
         """Rows the transfer evaluator writes after the trials: every (source, target, eps)."""
@@ -626,6 +767,8 @@ class StudySpec(_Strict):
 def _option_label(value) -> str:
     if value is None:
         return "none"
+    if not isinstance(value, dict):
+        return str(value)
     return "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value.values() if v is not None)
 
 
@@ -652,6 +795,8 @@ def _parse_axis(name: str, value) -> Axis:
             err = e.errors()[0]
             sub, msg = _split_nested(_message(err))
             raise _AxisError((name, *loc, *err["loc"][1:], *([sub] if sub else [])), msg) from None
+        if name == "model" and isinstance(v, dict):
+            return {"name": cfg.model, **{k: getattr(cfg, k) for k in v if k != "name"}}
         return cfg.model_dump(mode="json")[name]
 
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:

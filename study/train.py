@@ -1,6 +1,6 @@
 """The one training loop: the model's objective, L2 penalties, optional adversarial training.
 
-J is the model's training loss (study.objectives: cross-entropy, hinge, one-vs-rest), plus
+J is the model's training loss (study.objectives: cross-entropy, hinge, one-vs-rest, triplet), plus
 ``l2`` * ||W||^2 over weight matrices and kernels (biases excluded: the SVM's lambda), plus
 Adam's ``weight_decay`` on every parameter. Adversarial training minimises
 alpha * J(x) + (1 - alpha) * J(x_adv) (Goodfellow et al.), with x_adv from FGSM or PGD at the
@@ -82,12 +82,12 @@ def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
             xb, yb = x[idx].to(x_eval.device), y[idx].to(x_eval.device)
             if adv is None or adv.alpha == 1:
-                loss = objectives.loss(model, model(xb), yb)
+                loss = objectives.training_loss(model, xb, yb)
             else:
                 x_adv = attack(model, xb, yb, adv.eps, norm, generator=gen)
-                loss = (1 - adv.alpha) * objectives.loss(model, model(x_adv), yb)
+                loss = (1 - adv.alpha) * objectives.training_loss(model, x_adv, yb)
                 if adv.alpha > 0:
-                    loss = loss + adv.alpha * objectives.loss(model, model(xb), yb)
+                    loss = loss + adv.alpha * objectives.training_loss(model, xb, yb)
             if cfg.l2:
                 loss = loss + cfg.l2 * weight_penalty(model)
             opt.zero_grad(set_to_none=True)
@@ -97,6 +97,8 @@ def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
                 schedule.step()
             total += loss.item() * len(idx)
             count += len(idx)
+        if isinstance(model, models.Triplet):
+            model.fit_centroids(x, y)  # its classifier: the class centroids of this epoch's embeddings
         metrics = {"epoch": epoch, "train_loss": total / count, "clean_acc": accuracy(model, x_eval, y_eval)}
         if on_epoch:
             on_epoch(epoch, metrics)

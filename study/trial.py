@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import evaluators, fsio, generative, results
+from study import evaluators, fsio, generative, models, results
 from study.data import Dataset
 from study.evaluators import transfer
 from study.spec import StudySpec, TrainConfig, adversarial_name
@@ -47,6 +47,8 @@ def label(cfg: TrainConfig, swept: list[str]) -> str:
         if name == "model":
             continue
         value = getattr(cfg, name)
+        if value is None and name in models.MODEL_PARAMS:
+            continue  # a hyperparameter of another model of the study
         if name == "adversarial":
             value = adversarial_name(value.attack, value.norm, value.eps, value.alpha) if value else "none"
             name = "adv"
@@ -71,6 +73,8 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         l2=cfg.l2,
         pieces=cfg.pieces,
         dropout=cfg.dropout,
+        margin=cfg.margin,
+        triplet_loss=cfg.triplet_loss,
         adv_attack=adv.attack if adv else None,
         adv_norm=adv.norm if adv else None,
         adv_eps=adv.eps if adv else None,
@@ -107,8 +111,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     device = select_device(spec.resources.device, spec.resources.gpu)
     x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
     x_eval, y_eval = _tensor(data.x_test, device), _tensor(data.y_test, device)
-    swept = [n for n, a in spec.train.items() if a.kind != "value"]
-    name = label(cfg, swept)
+    name = label(cfg, spec.label_axes())
 
     model = init_model(cfg, data.input_shape, data.n_classes).to(device)
     store = ModelStore(study.store_uri)
@@ -147,7 +150,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         "rows": len(rows),
         "clean_acc": ctx.clean_acc,
     }
-    final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness"})
+    final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness" and r.get("eps_rule") is None})
     report(final)
 
 
@@ -199,7 +202,7 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
     x, y = _tensor(data.x_test, device), _tensor(data.y_test, device)
-    swept = [n for n, a in spec.train.items() if a.kind != "value"]
+    swept = spec.label_axes()
     store = ModelStore(study.store_uri)
     members, trained = [], {}
     for raw in configs:

@@ -162,3 +162,8 @@ def bnn_model(bnn_sweep):
 @pytest.fixture(scope="session")
 def natural_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, SPECS / "natural.yaml", "natural")
+
+
+@pytest.fixture(scope="session")
+def epsilon_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "epsilon.yaml", "epsilon")

@@ -23,7 +23,7 @@ def test_one_vs_rest_loss_and_probabilities_by_hand():
     model = models.build("rbf", (1, 1, 2), 2)
     logits = torch.log(torch.tensor([[0.8, 0.1]]))
     expected = -(math.log(0.8) + math.log(1 - 0.1))  # class 0 is the true one
-    assert objectives.loss(model, logits, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-5)
+    assert objectives.LOSSES[objectives.of(model)](logits, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-5)
     # Independent per class: they need not sum to 1, and far from every prototype all are small.
     assert torch.allclose(objectives.probabilities(model, logits), torch.tensor([[0.8, 0.1]]))
 

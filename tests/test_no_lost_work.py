@@ -17,7 +17,6 @@ from pathlib import Path
 
 import polars as pl
 import psutil
-import pytest
 
 from conftest import ROOT, SPECS
 from study.spec import load_spec
@@ -80,7 +79,6 @@ def assert_complete(results: Path) -> pl.DataFrame:
 def test_worker_killed_mid_training_is_retried(tmp_path):
     results, log = tmp_path / "results", tmp_path / "sweep.log"
     proc = start(results, log)
-    experiment = results / "tune" / "resume"
 
     def training_trial():
         # The trial's "training" line carries the worker's pid in Ray's log prefix.

@@ -6,7 +6,6 @@ Tune find the endpoint in AWS_ENDPOINT_URL like any AWS SDK, and the URIs are pl
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess

@@ -4,6 +4,7 @@ Per-trial evaluators run inside a trial against its one model. ``transfer`` is a
 evaluator: it needs every trial's model, so jobs.sweep runs it once after the trials. The
 natural and reconstruction evaluators (and natural input sets) use the study's generative model,
 trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
+``embedding`` runs only for models with an embedding (triplet); it returns no rows for others.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from study import artifacts
-from study.evaluators import geometry, natural, reconstruction, robustness, rubbish, uncertainty
+from study.evaluators import crafted, distances, embedding, geometry, natural, reconstruction, robustness, rubbish, uncertainty
 from study.train import predict
 
 
@@ -53,6 +54,9 @@ EVALUATORS = {
     "uncertainty": uncertainty.evaluate,
     "natural": natural.evaluate,
     "reconstruction": reconstruction.evaluate,
+    "distances": distances.evaluate,
+    "crafted": crafted.evaluate,
+    "embedding": embedding.evaluate,
 }
 STUDY_EVALUATORS = ("transfer",)
 

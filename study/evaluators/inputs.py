@@ -16,7 +16,7 @@ import torch
 
 from study import attacks, norms
 from study.evaluators import natural
-from study.evaluators.robustness import stream_seed
+from study.seeds import stream_seed
 from study.norms import L2
 
 

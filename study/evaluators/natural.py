@@ -22,7 +22,7 @@ import time
 import torch
 
 from study.attacks.latent import LatentResult, LatentSearch
-from study.evaluators.robustness import stream_seed
+from study.seeds import stream_seed
 from study.norms import L2, Linf
 from study.train import predict
 

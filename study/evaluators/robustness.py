@@ -7,12 +7,16 @@ C&W is unbounded: its search runs once per model and is counted at every eps (an
 adversarials fit. A stochastic (MC-dropout) model is attacked through its ``eot_samples``-draw
 MC predictive (study.mc.attackable), without early stop (``attack_stochastic``), and a success
 counts only where its own prediction is wrong.
+
+With ``per_class_eps``, each class c is also attacked at its own eps_c (study.evaluators.
+distances: a fraction of a quantile of its training images' distances to the nearest image of
+another class), next to every point at one uniform eps with the same mean over the evaluated
+points: the same total budget, spread by class or evenly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 
 import torch
@@ -20,7 +24,9 @@ import torch
 from study import attacks, mc, norms, objectives
 from study.attacks.cw import CarliniWagnerL2
 from study.attacks.gradient import AttackResult, frozen
+from study.evaluators import distances
 from study.norms import L2, Linf
+from study.seeds import stream_seed
 from study.train import predict
 
 
@@ -56,7 +62,66 @@ def evaluate(ctx, axes) -> list[dict]:
             broken_by_any |= fooled
             rows += _rows(norm_name, norm_axes.eps, grid, fooled, deltas, n, clean_acc, eval_s, {**attack_columns(attack), **eot})
         rows += _rows(norm_name, norm_axes.eps, grid, broken_by_any, None, n, clean_acc, total_s, dict(attack="worst", **eot))
+    if axes.per_class_eps is not None:
+        rows += per_class_eps(ctx, axes, model, xc, yc, stochastic, eot)
     return rows
+
+
+def per_class_eps(ctx, axes, model, xc, yc, stochastic, eot) -> list[dict]:
+    """Rows (and the ``class_eps_robustness`` artifact) of every attack at the per-class eps
+    and at the uniform eps with the same mean, per norm and quantile."""
+    pc = axes.per_class_eps
+    n, n_classes = len(ctx.y), int(ctx.y_train.max()) + 1
+    class_n = torch.bincount(ctx.y.cpu(), minlength=n_classes)
+    art = {c: [] for c in ("norm", "quantile", "fraction", "attack", "class", "eps", "eps_uniform", "n", "acc_per_class", "acc_uniform")}
+    rows = []
+    for norm_name in pc.norms:
+        norm = norms.get(norm_name)
+        suggested = distances.class_eps(ctx.x_train, ctx.y_train, n_classes, norm_name, pc.per_class, pc.quantiles, pc.fraction, ctx.seed)
+        for eps_c, q in zip(suggested.to(ctx.x.device, ctx.x.dtype), pc.quantiles):
+            uniform = eps_c[ctx.y].mean()  # the same mean over the evaluated points
+            rules = {"per-class": eps_c[yc], "uniform": uniform.expand(len(yc))}
+            common = dict(eps=uniform.item(), eps_quantile=q, eps_fraction=pc.fraction, per_class=pc.per_class)
+            broken = {rule: torch.zeros(len(yc), dtype=torch.bool) for rule in rules}
+            by_attack = {}
+            for attack_name in axes.attacks:
+                attack = make_attack(attack_name, axes)
+                for rule, eps in rules.items():
+                    gen = torch.Generator(device=ctx.x.device).manual_seed(stream_seed(ctx.seed, attack_name, norm_name, "per-class-eps", q, rule))
+                    start = time.perf_counter()
+                    fooled, deltas = attack_points(model, xc, yc, eps, norm, attack, gen, stochastic, axes.batch_rows)
+                    broken[rule] |= fooled[:, 0]
+                    by_attack[attack_name, rule] = fooled[:, 0]
+                    rows += _rows(norm_name, [1.0], [1.0], fooled, deltas, n, ctx.clean_acc, time.perf_counter() - start, {**attack_columns(attack), **eot}, {**common, "eps_rule": rule})
+            for rule, fooled in broken.items():
+                by_attack["worst", rule] = fooled
+                rows += _rows(norm_name, [1.0], [1.0], fooled[:, None], None, n, ctx.clean_acc, None, dict(attack="worst", **eot), {**common, "eps_rule": rule})
+            for attack_name in [*axes.attacks, "worst"]:
+                acc = {rule: _class_accuracy(by_attack[attack_name, rule], yc, class_n) for rule in rules}
+                for k in range(n_classes):
+                    values = (norm_name, q, pc.fraction, attack_name, k, eps_c[k].item(), uniform.item(), int(class_n[k]), acc["per-class"][k], acc["uniform"][k])
+                    for column, v in zip(art, values):
+                        art[column].append(v)
+    ctx.write_artifact("class_eps_robustness", art)
+    return rows
+
+
+def attack_points(model, x, y, eps, norm, attack, generator, stochastic, batch_rows=None):
+    """Every point at its own radius ``eps`` (P,): ``fooled`` (P x 1) and ``deltas`` as
+    ``attack_grid`` returns them."""
+    if not len(y):
+        return _nothing(0, 1)
+    if stochastic:
+        return attack_stochastic(model, x, y, [eps], norm, attack, generator, batch_rows)
+    res = attack.run(model, x, y, eps[:, None], norm, generator=generator, max_rows=batch_rows or default_batch_rows(x))
+    return _outcome(model, x, y, res)
+
+
+def _class_accuracy(fooled, yc, class_n) -> list[float | None]:
+    """Per class, robust accuracy over all its evaluation points (the attacked ones are those
+    it classified correctly)."""
+    survived = torch.bincount(yc[~fooled.to(yc.device)].cpu(), minlength=len(class_n))
+    return [survived[k].item() / int(class_n[k]) if class_n[k] else None for k in range(len(class_n))]
 
 
 def make_attack(name: str, axes):
@@ -97,7 +162,8 @@ def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=Non
     """``attack_grid`` for a stochastic model (``model``: its mc.Predictive). Early stop would end
     a point's attack on one lucky draw of the predictive, so every eps gets full attacks (each
     restart its own run), judged afterwards by the model's own prediction. A point fooled at some
-    eps is not attacked at the larger ones: its adversarial lies in their balls and counts there."""
+    eps is not attacked at the larger ones: its adversarial lies in their balls and counts there.
+    A grid entry may be a tensor of per-point radii (per-class eps)."""
     single = dataclasses.replace(attack, restarts=1)
     step = batch_rows or default_batch_rows(x)
     fooled = torch.zeros(len(y), len(grid), dtype=torch.bool, device=x.device)
@@ -106,7 +172,7 @@ def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=Non
         for _ in range(attack.restarts):
             todo = (~fooled[:, j]).nonzero().squeeze(1)
             for pts in todo.split(step):
-                cand = single(model, x[pts], y[pts], eps, norm, generator=generator)
+                cand = single(model, x[pts], y[pts], eps[pts] if torch.is_tensor(eps) else eps, norm, generator=generator)
                 hit = predict(model.model, cand) != y[pts]
                 x_adv[pts[hit]] = cand[hit]
                 fooled[pts[hit], j:] = True
@@ -165,11 +231,14 @@ def attack_each_eps_separately(model, x, y, grid, norm, attack, seed: int, batch
     return torch.stack(cols, dim=1)
 
 
-def _rows(norm_name, eps_list, grid, fooled, deltas, n, clean_acc, eval_s, axes_cols):
+def _rows(norm_name, eps_list, grid, fooled, deltas, n, clean_acc, eval_s, axes_cols, override=None):
+    """One row per eps of ``eps_list``; ``override`` replaces columns (per-class eps rows, whose
+    one 'eps' is a per-point radius)."""
     n_correct = fooled.shape[0]
     out = []
     for eps in sorted(eps_list):
         row = dict(evaluator="robustness", norm=norm_name, eps=float(eps), n_eval=n, clean_acc=clean_acc, eval_s=eval_s, **axes_cols)
+        row.update(override or {})
         if eps == 0:
             row.update(robust_acc=clean_acc, success_rate=0.0)
         else:
@@ -184,8 +253,3 @@ def _rows(norm_name, eps_list, grid, fooled, deltas, n, clean_acc, eval_s, axes_
                 row["adv_confidence_mean"] = float(deltas["confidence"][f].mean())
         out.append(row)
     return out
-
-
-def stream_seed(seed: int, *names: str) -> int:
-    """An RNG seed per stream (e.g. attack and norm), so results do not depend on the order they run in."""
-    return int.from_bytes(hashlib.sha256(repr((seed, *names)).encode()).digest()[:7], "big")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from study import attacks, norms
-from study.evaluators.robustness import stream_seed
+from study.seeds import stream_seed
 from study.train import predict
 
 

@@ -26,7 +26,7 @@ from scipy.stats import rankdata
 
 from study import mc
 from study.evaluators import inputs
-from study.evaluators.robustness import stream_seed
+from study.seeds import stream_seed
 from study.norms import L2, Linf
 
 

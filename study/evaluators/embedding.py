@@ -1,0 +1,149 @@
+"""Epsilon measured in a metric-learned embedding (the source text's proposal), for models that
+have one (``triplet``); other trials skip this evaluator.
+
+* how well the embedding separates classes: 1-nearest-neighbour accuracy (evaluation images
+  against the training images) and the within- and between-class distances of a per-class
+  sample of training images (the same sampling as study.evaluators.distances);
+* PGD in the embedding's threat model, ||e(x') - e(x)||_2 <= embed_eps, against the model's
+  own classifier (study.attacks.embedding: projection by bisection along the perturbation), and
+  how large those adversaries are in input space;
+* input-space PGD at the usual radii (Linf 0.3, L2 4.5), its final iterates as a user would run
+  it, and the fraction of its adversaries whose embedding stays inside each embed_eps ball.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from study import attacks, norms
+from study.attacks.embedding import EmbeddingPGD
+from study.evaluators import distances
+from study.evaluators.robustness import default_batch_rows
+from study.seeds import stream_seed
+from study.norms import L2, Linf
+from study.train import predict
+
+HIST_BINS = 80  # over [0, 2]: distances between unit vectors
+
+
+@torch.no_grad()
+def embeddings(model, x, batch: int = 4096) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
+    model.train(was_training)
+    return out
+
+
+def knn_accuracy(e_query, y_query, e_ref, y_ref, batch: int = 1024) -> float:
+    """1-nearest-neighbour accuracy (Euclidean) of the queries against the reference set."""
+    nearest = torch.cat([torch.cdist(e_query[i : i + batch], e_ref).argmin(1) for i in range(0, len(e_query), batch)])
+    return (y_ref[nearest] == y_query).float().mean().item()
+
+
+def evaluate(ctx, axes) -> list[dict]:
+    model = ctx.model
+    if not hasattr(model, "embed"):
+        return []
+    start = time.perf_counter()
+    n_classes = int(ctx.y_train.max()) + 1
+    e_train = embeddings(model, ctx.x_train)
+    knn = knn_accuracy(embeddings(model, ctx.x), ctx.y, e_train, ctx.y_train)
+
+    idx = distances.sample(ctx.y_train, axes.per_class, stream_seed(ctx.seed, "embedding", axes.per_class), n_classes)
+    es, ys = e_train[idx], ctx.y_train[idx]
+    d = distances.pairwise(es, es, "l2")
+    matrix = distances.class_matrix(d, ys, n_classes)
+    _write_distances(ctx, d, ys, matrix)
+    off = ~torch.eye(n_classes, dtype=torch.bool)
+    rows = [dict(
+        evaluator="embedding", per_class=axes.per_class, n_eval=len(ctx.y), clean_acc=ctx.clean_acc, knn_acc=knn,
+        within_mean=matrix.diagonal().mean().item(), between_mean=matrix[off].mean().item(), eval_s=time.perf_counter() - start,
+    )]
+
+    n = axes.n_points or len(ctx.y)
+    x, y = ctx.x[:n], ctx.y[:n]
+    keep = ctx.correct[:n]
+    xc, yc = x[keep], y[keep]
+    points = keep.nonzero().squeeze(1).cpu()
+    max_rows = default_batch_rows(x)
+    adversaries = {c: [] for c in ("attack", "norm", "eps", "embed_eps", "point", "fooled", "embed_dist", "l2", "linf")}
+
+    def record(attack, norm, eps, embed_eps, fooled, dist, delta):
+        for c, v in (("attack", attack), ("norm", norm), ("eps", eps), ("embed_eps", embed_eps)):
+            adversaries[c] += [v] * len(points)
+        adversaries["point"] += points.tolist()
+        adversaries["fooled"] += fooled.cpu().tolist()
+        adversaries["embed_dist"] += dist.cpu().tolist()
+        adversaries["l2"] += L2.measure(delta).cpu().tolist()
+        adversaries["linf"] += Linf.measure(delta).cpu().tolist()
+
+    pgd = EmbeddingPGD(axes.steps, axes.step_size, axes.bisection_steps)
+    for embed_eps in sorted(axes.eps):
+        t = time.perf_counter()
+        res = pgd.run(model, model.embed, xc, yc, embed_eps, max_rows)
+        delta = res.x_adv - xc
+        record("embedding-pgd", None, None, embed_eps, res.fooled, res.dist, delta)
+        rows.append(dict(
+            evaluator="embedding", attack="embedding-pgd", embed_eps=embed_eps, steps=axes.steps, step_size=axes.step_size,
+            **_outcome(res.fooled, res.dist, delta, n), n_eval=n, clean_acc=ctx.clean_acc, eval_s=time.perf_counter() - t,
+        ))
+
+    e_clean = embeddings(model, xc)
+    for norm_name, norm_axes in axes.input_attacks.items():
+        attack = attacks.make("pgd", steps=axes.input_steps)
+        for eps in sorted(norm_axes.eps):
+            t = time.perf_counter()
+            gen = torch.Generator(device=x.device).manual_seed(stream_seed(ctx.seed, "embedding", norm_name, eps))
+            x_adv = torch.cat([attack(model, xc[i : i + max_rows], yc[i : i + max_rows], eps, norms.get(norm_name), generator=gen) for i in range(0, len(yc), max_rows)]) if len(yc) else xc
+            fooled = predict(model, x_adv) != yc
+            dist = (embeddings(model, x_adv) - e_clean).norm(dim=1)
+            delta = x_adv - xc
+            record("pgd", norm_name, eps, None, fooled, dist, delta)
+            outcome = _outcome(fooled, dist, delta, n)
+            for embed_eps in sorted(axes.eps):
+                inside = (dist[fooled] <= embed_eps).float().mean().item() if fooled.any() else None
+                rows.append(dict(
+                    evaluator="embedding", attack="pgd", norm=norm_name, eps=float(eps), embed_eps=embed_eps, steps=attack.steps,
+                    step_size=attack.step_size, restarts=attack.restarts, inside_rate=inside, **outcome, n_eval=n,
+                    clean_acc=ctx.clean_acc, eval_s=time.perf_counter() - t,
+                ))
+    ctx.write_artifact("embedding_adversaries", adversaries)
+    return rows
+
+
+def _outcome(fooled, dist, delta, n) -> dict:
+    """Accuracy over all n points (those attacked are the correct ones) and the sizes of the
+    successful adversaries, in the embedding and in input space."""
+    out = dict(robust_acc=(len(fooled) - int(fooled.sum())) / n, success_rate=fooled.float().mean().item() if len(fooled) else None)
+    if fooled.any():
+        out.update(
+            embed_dist_mean=dist[fooled].mean().item(),
+            l2_mean=L2.measure(delta[fooled]).mean().item(),
+            linf_mean=Linf.measure(delta[fooled]).mean().item(),
+        )
+    return out
+
+
+def _write_distances(ctx, d, ys, matrix) -> None:
+    """The embedding's class x class mean distances and the histograms of its within- and
+    between-class pairwise distances (i != j)."""
+    n_classes = len(matrix)
+    ctx.write_artifact("embedding_class_distances", {
+        "class_a": [a for a in range(n_classes) for _ in range(n_classes)],
+        "class_b": [b for _ in range(n_classes) for b in range(n_classes)],
+        "mean": matrix.flatten().tolist(),
+    })
+    same = ys[:, None] == ys[None, :]
+    pairs = torch.triu(torch.ones_like(same), diagonal=1)
+    edges = torch.linspace(0, 2, HIST_BINS + 1, dtype=torch.float64)
+    cols = {"kind": [], "bin_lo": [], "bin_hi": [], "count": []}
+    for kind, mask in (("within", same & pairs), ("between", ~same & pairs)):
+        counts = torch.histc(d[mask].clamp(0, 2), bins=HIST_BINS, min=0, max=2)
+        cols["kind"] += [kind] * HIST_BINS
+        cols["bin_lo"] += edges[:-1].tolist()
+        cols["bin_hi"] += edges[1:].tolist()
+        cols["count"] += counts.long().tolist()
+    ctx.write_artifact("embedding_distances", cols)

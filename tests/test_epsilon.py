@@ -1,0 +1,90 @@
+"""The epsilon study end to end (tests/specs/epsilon.yaml): a CNN and a triplet network, class
+distances, crafted images, per-class eps and the embedding evaluator, through a real sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from study import artifacts
+from study.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def frame(epsilon_sweep):
+    return epsilon_sweep.frame()
+
+
+def test_every_row_is_written_and_labels_name_the_variant(epsilon_sweep, frame):
+    assert frame.height == load_spec(epsilon_sweep.spec).expected_rows()
+    assert sorted(frame["label"].unique()) == ["cnn", "triplet margin=0.5"]
+    assert frame.filter(pl.col("model") == "triplet")["margin"].unique().to_list() == [0.5]
+    # Only the triplet network has an embedding.
+    assert frame.filter(pl.col("evaluator") == "embedding")["model"].unique().to_list() == ["triplet"]
+
+
+def test_class_distances(epsilon_sweep, frame):
+    cells = artifacts.read(str(epsilon_sweep.results), "class_distances")
+    for (trial, norm, per_class), m in cells.group_by("trial_id", "norm", "per_class"):
+        matrix = np.zeros((10, 10))
+        matrix[m["class_a"].to_numpy(), m["class_b"].to_numpy()] = m["mean"].to_numpy()
+        assert np.allclose(matrix, matrix.T)
+    # The source text: every Linf cell is about 1 (some pixel is ink in one image, background in the other).
+    linf = cells.filter(pl.col("norm") == "linf")["mean"]
+    assert linf.min() > 0.95 and linf.max() <= 1
+    rows = frame.filter(pl.col("evaluator") == "distances")
+    # Under L0 most classes are closer to another class (the 1s) than to themselves.
+    l0 = rows.filter(pl.col("norm") == "l0", pl.col("per_class") == 50)
+    assert (l0["within_smaller_rate"] < 0.5).all()
+    # The input-space distances do not depend on the model: both trials report the same numbers.
+    assert rows.group_by("norm", "per_class", "eps_quantile").agg(pl.col("eps").n_unique())["eps"].max() == 1
+
+
+def test_crafted_images_stay_inside_the_linf_ball(epsilon_sweep, frame):
+    images = artifacts.read(str(epsilon_sweep.results), "crafted_images")
+    for trial, art in images.group_by("trial_id"):
+        x0 = {r["class_a"]: np.asarray(r["pixels"], dtype=np.float64) for r in art.filter(pl.col("kind") == "x0").iter_rows(named=True)}
+        crafted = art.filter(pl.col("kind") == "crafted")
+        assert crafted.height == 90 * 3
+        for r in crafted.iter_rows(named=True):
+            x = np.asarray(r["pixels"], dtype=np.float64)
+            assert np.abs(x - x0[r["class_a"]]).max() <= r["eps"]
+            assert x.min() >= 0 and x.max() <= 1
+    rows = frame.filter(pl.col("evaluator") == "crafted").sort("eps")
+    for label, r in rows.group_by("label"):
+        assert (r["robust_acc"] + r["target_rate"] <= 1).all()
+        assert r["linf_mean"].max() <= 0.3 + 1e-6  # a float32 mean; the exact bound is checked on the pixels above
+
+
+def test_per_class_eps(epsilon_sweep, frame):
+    suggested = artifacts.read(str(epsilon_sweep.results), "class_eps").filter(pl.col("norm") == "l2", pl.col("per_class") == 50)
+    art = artifacts.read(str(epsilon_sweep.results), "class_eps_robustness")
+    joined = art.join(suggested.select("trial_id", "quantile", "class", pl.col("eps").alias("suggested")), on=["trial_id", "quantile", "class"])
+    assert joined.height == art.height
+    assert np.allclose(joined["eps"], joined["suggested"])  # the robustness evaluator attacks at the distances' suggestions
+    rows = frame.filter(pl.col("eps_rule").is_not_null())
+    for (trial, q), a in art.filter(pl.col("attack") == "worst").group_by("trial_id", "quantile"):
+        # The uniform eps is the mean over the evaluation points of their class's eps.
+        assert a["eps_uniform"][0] == pytest.approx((a["eps"] * a["n"]).sum() / a["n"].sum())
+        for rule, column in (("per-class", "acc_per_class"), ("uniform", "acc_uniform")):
+            row = rows.filter(pl.col("trial_id") == trial, pl.col("eps_quantile") == q, pl.col("eps_rule") == rule, pl.col("attack") == "worst")
+            assert row["eps"][0] == pytest.approx(a["eps_uniform"][0])
+            # Per-class accuracies weighted by class size give the row's accuracy.
+            assert row["robust_acc"][0] == pytest.approx((a[column] * a["n"]).sum() / a["n"].sum())
+
+
+def test_the_triplet_embedding(epsilon_sweep, frame):
+    emb = frame.filter(pl.col("evaluator") == "embedding")
+    summary = emb.filter(pl.col("attack").is_null()).row(0, named=True)
+    assert summary["knn_acc"] >= 0.9  # the embedding separates the classes
+    assert summary["within_mean"] < summary["between_mean"]
+    adv = artifacts.read(str(epsilon_sweep.results), "embedding_adversaries")
+    constrained = adv.filter(pl.col("attack") == "embedding-pgd")
+    assert (constrained["embed_dist"] <= constrained["embed_eps"]).all()
+    pgd = emb.filter(pl.col("attack") == "pgd").sort("norm", "embed_eps")
+    for norm, rows in pgd.group_by("norm"):
+        inside = rows["inside_rate"].to_list()
+        assert inside == sorted(inside)
+        fooled = adv.filter(pl.col("attack") == "pgd", pl.col("norm") == norm[0], pl.col("fooled"))
+        assert inside[-1] == pytest.approx((fooled["embed_dist"] <= rows["embed_eps"][-1]).mean())
