@@ -20,7 +20,8 @@ embed_eps); artifacts ``embedding_distances`` (histograms), ``embedding_class_di
 ``embedding_adversaries``.
 
 ``distance_table``, ``closer_classes``, ``matrix_range``, ``rule_table``, ``crafted_table``,
-``embedding_table``: polars frames; ``distance_heatmap``, ``class_eps_chart``,
+``embedding_table``, ``embedding_transfer_table`` (every model measured in every triplet
+embedding: the study evaluator ``embedding-transfer``): polars frames; ``distance_heatmap``, ``class_eps_chart``,
 ``class_rule_chart``, ``embedding_heatmap``, ``distance_histogram``, ``adversary_chart``: altair
 charts with their data inline, as ``analysis.charts``; ``crafted_grid`` (``crafted_grids``: one
 per eps): PNG bytes (PIL), as ``analysis.images``.
@@ -382,6 +383,31 @@ def embedding_table(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     for name, values in order:
         table = table.join(values.rename({"value": name}), on="trial_id", how="left")
     return table.sort("label", "trial_id").drop("trial_id")
+
+
+def embedding_transfer_table(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """The study evaluator ``embedding-transfer``: one row per (embedding, attacked model):
+    ``embedding`` (the triplet trial's label), ``model`` (the attacked trial's), its clean
+    accuracy, then per embed_eps e the columns of ``embedding_table``. Raises ValueError without
+    such rows."""
+    rows = eager(frame).filter(pl.col("evaluator") == "embedding-transfer")
+    if rows.is_empty():
+        raise ValueError("no embedding-transfer rows (evaluator = embedding-transfer)")
+    rows = rows.with_columns(pair=pl.concat_str("source_trial_id", "trial_id", separator="/"))
+    table = rows.group_by("pair").agg(
+        pl.col("source_label").first().alias("embedding"), pl.col("label").first().alias("model"), pl.col("clean_acc").first()
+    )
+    embed = rows.filter(pl.col("attack") == "embedding-pgd")
+    inside = rows.filter(pl.col("attack") == "pgd")
+    attacks = inside.select("norm", "eps").unique().sort(_rank("norm", DISTANCE_NORMS), "eps").rows()
+    for e in sorted(rows.get_column("embed_eps").unique().to_list()):
+        columns = [(f"e={e:g} robust_acc", embed.filter(pl.col("embed_eps") == e).select("pair", value="robust_acc"))]
+        for norm, eps in attacks:
+            at = inside.filter(pl.col("embed_eps") == e, pl.col("norm") == norm, pl.col("eps") == eps)
+            columns.append((f"e={e:g} inside {_attack_name(norm, eps)}", at.select("pair", value="inside_rate")))
+        for name, values in columns:
+            table = table.join(values.rename({"value": name}), on="pair", how="left")
+    return table.sort("embedding", "model", "pair").drop("pair")
 
 
 def _rules(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:

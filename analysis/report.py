@@ -537,6 +537,14 @@ def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "of its successful adversaries whose embedding stays within e (e=<e> inside <norm> <eps>).",
             epsilon.embedding_table(df),
         ))
+    if not df.filter(pl.col("evaluator") == "embedding-transfer").is_empty():
+        out.append((
+            "Every model in each triplet embedding",
+            "Per triplet embedding and attacked model: the model's clean accuracy on the points attacked, its robust accuracy under PGD constrained to "
+            "||e(x') - e(x)||_2 <= e in that embedding (e=<e> robust_acc), and, per input-space PGD attack on the model (norm, eps), the fraction of its "
+            "successful adversaries whose embedding stays within e. The CNN's rows measure its adversaries with a metric it was not trained against.",
+            epsilon.embedding_transfer_table(df),
+        ))
     return out
 
 

@@ -172,7 +172,8 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     study_rows = ()
     if any(e.evaluator in STUDY_EVALUATORS for e in spec.evaluate) and finished:
         configs = [spec.resolve(spec.decode(r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
-        print(f"transfer: {len(configs)} models x {len(configs)} models", flush=True)
+        names = ", ".join(e.evaluator for e in spec.evaluate if e.evaluator in STUDY_EVALUATORS)
+        print(f"{names}: over the {len(configs)} models of the study", flush=True)
         # A Ray task with a trial's resources: on a cluster it runs on a worker, not the head.
         task = ray.remote(run_study_evaluators).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
         ray.get(task.remote(context, ds, configs))
@@ -230,7 +231,7 @@ def trial_record(r, since: int) -> dict:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
-    from analysis import natural, uncertainty
+    from analysis import epsilon, natural, uncertainty
     from analysis.frontier import best_per_point
 
     df = pl.from_arrow(table)
@@ -291,6 +292,9 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
                 emb.filter(pl.col("attack").is_not_null()).sort("label", "attack", "norm", "embed_eps")
                 .select("label", "attack", "norm", "eps", "embed_eps", pl.col("robust_acc").round(3), pl.col("inside_rate").round(3), pl.col("embed_dist_mean").round(3))
             )
+        if df.filter(pl.col("evaluator") == "embedding-transfer").height:
+            print("\nEvery model in each triplet embedding: accuracy under embedding-space PGD, share of input-space PGD adversaries inside the ball:")
+            print(epsilon.embedding_transfer_table(df))
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")

@@ -2,7 +2,7 @@
 
 Layout under a study's results URI:
     trials/<trial_id>.parquet   one file per trial, written atomically while the sweep runs
-    study/<evaluator>.parquet   rows of study evaluators (transfer), written after the trials
+    study/<evaluator>.parquet   rows of study evaluators (transfer, embedding-transfer), written after the trials
     artifacts/<name>/<trial_id>.parquet   per-trial tables beside the rows (study.artifacts)
     results.parquet             every trial's rows, compacted at the end (deduplicated by row_key)
     manifest.json               spec, versions, git sha, times, trial states
@@ -69,8 +69,8 @@ COLUMNS = [
     ("eps_fraction", pa.float64(), "evaluation", "distances, per-class eps: the fraction of that quantile"),
     ("eps_rule", pa.string(), "evaluation", "robustness with per-class eps: `per-class` (each point attacked at its class's eps) or `uniform` (every point at their mean, the row's `eps`); null for a plain eps grid"),
     ("embed_eps", pa.float64(), "evaluation", "embedding: the radius of the ball ||e(x') - e(x)||_2 <= embed_eps in the model's embedding space"),
-    ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target)"),
-    ("source_label", pa.string(), "evaluation", "transfer: the source model's label"),
+    ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target); embedding-transfer: the trial whose embedding measures them"),
+    ("source_label", pa.string(), "evaluation", "transfer, embedding-transfer: that trial's label"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),

@@ -440,22 +440,15 @@ class CraftedEval(_Strict):
         return set()
 
 
-class EmbeddingEval(_Strict):
-    """Epsilon measured in a metric-learned embedding (models with one: triplet): nearest-neighbour
-    accuracy, within- and between-class embedding distances, PGD constrained to
-    ||e(x') - e(x)||_2 <= eps in embedding space (projection by bisection along the perturbation),
-    and how many input-space PGD adversaries stay inside that ball: study.evaluators.embedding.
-    Trials of models without an embedding skip it."""
+class _EmbeddingAttacks(_Strict):
+    """The attacks measured in a triplet embedding (study.evaluators.embedding)."""
 
-    evaluator: Literal["embedding"]
     eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1, 0.25, 0.5, 1.0]  # embedding-space L2 radii (unit-norm embeddings: at most 2)
     steps: PosInt = 40  # embedding-space PGD iterations
     step_size: PosFloat = 0.01  # input-space sign step per iteration (absolute, pixels in [0, 1])
     bisection_steps: PosInt = 12  # halvings of the scale along the perturbation when a step leaves the ball
     input_attacks: Annotated[dict[Literal[tuple(NORMS)], NormAxes], Field(min_length=1)] = {"linf": NormAxes(eps=[0.3]), "l2": NormAxes(eps=[4.5])}
     input_steps: PosInt = 40  # PGD iterations of the input-space attacks
-    per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # images per class for the distance distributions
-    n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
 
     @model_validator(mode="after")
     def _checks(self):
@@ -464,18 +457,54 @@ class EmbeddingEval(_Strict):
                 raise ValueError(f"input_attacks.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
         return self
 
-    def n_rows(self, linear_binary: bool) -> int:
-        return 1 + len(self.eps) * (1 + sum(len(a.eps) for a in self.input_attacks.values()))
+    def pair_rows(self) -> int:
+        """Rows per (embedding, attacked model): embedding-space PGD per eps, and per input
+        attack and eps, its share inside each eps."""
+        return len(self.eps) * (1 + sum(len(a.eps) for a in self.input_attacks.values()))
 
     def metric_names(self) -> set[str]:
         return set()
 
 
+class EmbeddingEval(_EmbeddingAttacks):
+    """Epsilon measured in a metric-learned embedding (models with one: triplet): nearest-neighbour
+    accuracy, within- and between-class embedding distances, PGD constrained to
+    ||e(x') - e(x)||_2 <= eps in embedding space (projection by bisection along the perturbation),
+    and how many input-space PGD adversaries stay inside that ball, all against the model's own
+    classifier: study.evaluators.embedding. Trials of models without an embedding skip it."""
+
+    evaluator: Literal["embedding"]
+    per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # images per class for the distance distributions
+    n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1 + self.pair_rows()
+
+
+class EmbeddingTransferEval(_EmbeddingAttacks):
+    """Every model of the study measured in every triplet embedding of it, run once after the
+    trials (study.evaluators.embedding.transfer): each model attacked by PGD constrained to
+    ||e(x') - e(x)||_2 <= eps in the embedding e, and each model's input-space PGD adversaries
+    with the share that stays inside each embedding ball."""
+
+    evaluator: Literal["embedding-transfer"]
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.25, 0.5, 1.0]
+    n_points: Optional[PosInt] = 200  # the first n evaluation points (all when null)
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 0  # its rows are written after the trials, one set per (embedding, model) pair
+
+
 Evaluator = Annotated[
-    Union[RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval, DistancesEval, CraftedEval, EmbeddingEval],
+    Union[
+        RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval, DistancesEval, CraftedEval, EmbeddingEval,
+        EmbeddingTransferEval,
+    ],
     Field(discriminator="evaluator"),
 ]
-EVALUATORS = ("robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding")
+EVALUATORS = (
+    "robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding", "embedding-transfer",
+)
 STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
 
@@ -643,8 +672,8 @@ class StudySpec(_Strict):
                 if models.MODELS[m].embeds:
                     raise ValueError(f"train.adversarial: {m} is trained as a metric (a triplet loss), not adversarially")
         for i, e in enumerate(self.evaluate):
-            if e.evaluator == "embedding" and options and not any(models.MODELS[m].embeds for m in options):
-                raise ValueError(f"evaluate[{i}]: embedding needs a model with an embedding ({', '.join(k for k, r in models.MODELS.items() if r.embeds)}); train.model has {', '.join(options)}")
+            if e.evaluator in ("embedding", "embedding-transfer") and options and not any(models.MODELS[m].embeds for m in options):
+                raise ValueError(f"evaluate[{i}]: {e.evaluator} needs a model with an embedding ({', '.join(k for k, r in models.MODELS.items() if r.embeds)}); train.model has {', '.join(options)}")
         stochastic = [k for k, e in models.MODELS.items() if STOCHASTIC_PARAM in e.params()]
         for i, e in enumerate(self.evaluate):
             if e.evaluator == "uncertainty":
@@ -745,16 +774,23 @@ class StudySpec(_Strict):
         linear_binary = entry.linear and (entry.binary or len(self.data.classes or ()) == 2)
         return sum(e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds)
 
-    def transfer_rows(self, n_models: int) -> int:
-        """Rows the transfer evaluator writes after the trials: every (source, target, eps)."""
-        return sum(n_models**2 * len(e.eps) for e in self.evaluate if e.evaluator == "transfer")
+    def study_rows(self, configs: list[dict]) -> int:
+        """Rows the study evaluators write after the trials of ``configs``: transfer, every
+        (source, target, eps); embedding-transfer, every (embedding, model) pair."""
+        n = len(configs)
+        embeddings = sum(models.MODELS[c["model"]].embeds for c in configs)
+        return sum(
+            n**2 * len(e.eps) if e.evaluator == "transfer" else embeddings * n * e.pair_rows()
+            for e in self.evaluate
+            if e.evaluator in ("transfer", "embedding-transfer")
+        )
 
     def expected_rows(self) -> int | None:
         """Rows the sweep writes when every trial finishes (None: configs sampled at run time)."""
         configs = self.grid_configs()
         if configs is None:
             return None
-        return sum(self.rows_per_trial(c["model"]) for c in configs) + self.transfer_rows(len(configs))
+        return sum(self.rows_per_trial(c["model"]) for c in configs) + self.study_rows(configs)
 
     def max_epochs(self) -> int:
         """The most epochs any trial can train (the bound a scheduler needs)."""

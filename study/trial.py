@@ -19,7 +19,7 @@ from ray import tune
 
 from study import evaluators, fsio, generative, models, results
 from study.data import Dataset
-from study.evaluators import transfer
+from study.evaluators import embedding, transfer
 from study.spec import StudySpec, TrainConfig, adversarial_name
 from study.store import ModelStore, model_key
 from study.train import init_model, train
@@ -195,9 +195,9 @@ def prepare_generative(study: StudyContext, data: Dataset) -> dict:
 
 
 def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]) -> int:
-    """After the trials: the study evaluators (transfer) over the models of the finished trials
-    (``configs``: their resolved training configs), loaded from the store. Writes
-    study/<evaluator>.parquet under the results; returns the number of rows."""
+    """After the trials: the study evaluators (transfer, embedding-transfer) over the models of
+    the finished trials (``configs``: their resolved training configs), loaded from the store.
+    Writes study/<evaluator>.parquet under the results; returns the number of rows."""
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
@@ -210,18 +210,21 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
         model = init_model(cfg, data.input_shape, data.n_classes).to(device)
         meta = store.load(model_key(cfg.model_dump(mode="json"), data.fingerprint), model)
         if meta is None:
-            raise RuntimeError(f"transfer: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
+            raise RuntimeError(f"study evaluators: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
         member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
         members.append(member)
         trained[member.trial_id] = (cfg, member.label, meta["train_s"])
-    rows = []
+    by_evaluator = {}
     for axes in spec.evaluate:
         if axes.evaluator == "transfer":
-            rows += transfer.evaluate(members, x, y, axes, spec.seed)
-    for tid, (cfg, name, train_s) in trained.items():
-        _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, name, train_s, True, device)
-    results.write_study_rows(study.results_uri, "transfer", rows)
-    return len(rows)
+            by_evaluator.setdefault("transfer", []).extend(transfer.evaluate(members, x, y, axes, spec.seed))
+        elif axes.evaluator == "embedding-transfer":
+            by_evaluator.setdefault("embedding-transfer", []).extend(embedding.transfer(members, x, y, axes, spec.seed))
+    for name, rows in by_evaluator.items():
+        for tid, (cfg, trial_label, train_s) in trained.items():
+            _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, trial_label, train_s, True, device)
+        results.write_study_rows(study.results_uri, name, rows)
+    return sum(len(rows) for rows in by_evaluator.values())
 
 
 def _node_id() -> str | None:

@@ -115,3 +115,28 @@ def test_embedding_evaluator(trained_triplet, tmp_path):
     plain = models.build("logreg", (1, 8, 8), 3)
     ctx.model = plain
     assert embedding.evaluate(ctx, axes) == []
+
+
+def test_embedding_transfer_measures_every_model_in_every_embedding(trained_triplet):
+    from study.evaluators.transfer import Member
+    from study.spec import EmbeddingTransferEval
+
+    model, x, y, xt, yt = trained_triplet
+    cfg = TrainConfig(model="logreg", epochs=3, batch_size=32, seed=0)
+    logreg = init_model(cfg, (1, 8, 8), 3)
+    train(logreg, cfg, x, y, xt, yt)
+    members = [Member("t", "triplet", model), Member("l", "logreg", logreg.eval())]
+    axes = EmbeddingTransferEval(evaluator="embedding-transfer", eps=[0.3, 1.5], steps=10, step_size=0.05, input_attacks={"linf": NormAxes(eps=[0.3])}, input_steps=10, n_points=60)
+    rows = embedding.transfer(members, xt, yt, axes, seed=0)
+    # One embedding (the logreg has none) x two attacked models.
+    assert len(rows) == 2 * axes.pair_rows() == 2 * 2 * 2
+    assert {r["source_trial_id"] for r in rows} == {"t"} and {r["trial_id"] for r in rows} == {"t", "l"}
+    for target in ("t", "l"):
+        own = [r for r in rows if r["trial_id"] == target]
+        pgd = sorted((r for r in own if r["attack"] == "pgd"), key=lambda r: r["embed_eps"])
+        assert pgd[0]["inside_rate"] <= pgd[1]["inside_rate"]
+        constrained = sorted((r for r in own if r["attack"] == "embedding-pgd"), key=lambda r: r["embed_eps"])
+        assert constrained[0]["robust_acc"] >= constrained[1]["robust_acc"]
+        assert all(r.get("embed_dist_mean", 0) <= r["embed_eps"] for r in constrained)
+    clean = (predict(logreg, xt[:60]) == yt[:60]).float().mean().item()
+    assert all(r["clean_acc"] == pytest.approx(clean) for r in rows if r["trial_id"] == "l")

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from analysis import epsilon
 from study import artifacts
 from study.spec import load_spec
 
@@ -88,3 +89,24 @@ def test_the_triplet_embedding(epsilon_sweep, frame):
         assert inside == sorted(inside)
         fooled = adv.filter(pl.col("attack") == "pgd", pl.col("norm") == norm[0], pl.col("fooled"))
         assert inside[-1] == pytest.approx((fooled["embed_dist"] <= rows["embed_eps"][-1]).mean())
+
+
+def test_every_model_measured_in_the_triplet_embedding(epsilon_sweep, frame):
+    rows = frame.filter(pl.col("evaluator") == "embedding-transfer")
+    triplet = frame.filter(pl.col("model") == "triplet")["trial_id"][0]
+    assert rows["source_trial_id"].unique().to_list() == [triplet]
+    assert sorted(rows["label"].unique()) == ["cnn", "triplet margin=0.5"]
+    assert rows.height == 2 * 2 * (1 + 2)  # (cnn, triplet) x embed_eps x (embedding PGD, PGD linf, PGD l2)
+    for (label, norm), r in rows.filter(pl.col("attack") == "pgd").sort("embed_eps").group_by("label", "norm"):
+        inside = r["inside_rate"].drop_nulls().to_list()
+        assert inside == sorted(inside)
+    # The CNN's embedding-space adversaries stay inside the triplet's ball (by construction) and
+    # its clean accuracy is its own.
+    cnn = rows.filter(pl.col("label") == "cnn", pl.col("attack") == "embedding-pgd")
+    assert (cnn["embed_dist_mean"].drop_nulls() <= cnn.filter(pl.col("embed_dist_mean").is_not_null())["embed_eps"]).all()
+    assert cnn["clean_acc"][0] > 0.8
+    # The report's table: one row per (embedding, model), its cells the rows' numbers.
+    table = epsilon.embedding_transfer_table(frame)
+    assert table["model"].to_list() == ["cnn", "triplet margin=0.5"]
+    cell = rows.filter(pl.col("label") == "cnn", pl.col("attack") == "pgd", pl.col("norm") == "linf", pl.col("embed_eps") == 1.0)["inside_rate"][0]
+    assert table.filter(pl.col("model") == "cnn")["e=1 inside linf 0.3"][0] == cell

@@ -1,7 +1,8 @@
 """Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns).
 
-Per-trial evaluators run inside a trial against its one model. ``transfer`` is a study
-evaluator: it needs every trial's model, so jobs.sweep runs it once after the trials. The
+Per-trial evaluators run inside a trial against its one model. ``transfer`` and
+``embedding-transfer`` are study evaluators: they need every trial's model, so jobs.sweep runs
+them once after the trials. The
 natural and reconstruction evaluators (and natural input sets) use the study's generative model,
 trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
 ``embedding`` runs only for models with an embedding (triplet); it returns no rows for others.
@@ -58,7 +59,7 @@ EVALUATORS = {
     "crafted": crafted.evaluate,
     "embedding": embedding.evaluate,
 }
-STUDY_EVALUATORS = ("transfer",)
+STUDY_EVALUATORS = ("transfer", "embedding-transfer")
 
 
 def run(ctx: EvalContext, axes) -> list[dict]:

@@ -9,6 +9,10 @@ have one (``triplet``); other trials skip this evaluator.
   how large those adversaries are in input space;
 * input-space PGD at the usual radii (Linf 0.3, L2 4.5), its final iterates as a user would run
   it, and the fraction of its adversaries whose embedding stays inside each embed_eps ball.
+
+``transfer`` (the study evaluator ``embedding-transfer``, run after the trials) does the last
+two for every model of the study in every triplet embedding of it: a CNN's adversaries measured
+by a metric it was not trained against.
 """
 
 from __future__ import annotations
@@ -29,12 +33,9 @@ HIST_BINS = 80  # over [0, 2]: distances between unit vectors
 
 
 @torch.no_grad()
-def embeddings(model, x, batch: int = 4096) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
-    model.train(was_training)
-    return out
+def embeddings(embed, x, batch: int = 4096) -> torch.Tensor:
+    """``embed`` (a model's embedding function) over ``x`` in batches."""
+    return torch.cat([embed(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else embed(x)
 
 
 def knn_accuracy(e_query, y_query, e_ref, y_ref, batch: int = 1024) -> float:
@@ -49,8 +50,8 @@ def evaluate(ctx, axes) -> list[dict]:
         return []
     start = time.perf_counter()
     n_classes = int(ctx.y_train.max()) + 1
-    e_train = embeddings(model, ctx.x_train)
-    knn = knn_accuracy(embeddings(model, ctx.x), ctx.y, e_train, ctx.y_train)
+    e_train = embeddings(model.embed, ctx.x_train)
+    knn = knn_accuracy(embeddings(model.embed, ctx.x), ctx.y, e_train, ctx.y_train)
 
     idx = distances.sample(ctx.y_train, axes.per_class, stream_seed(ctx.seed, "embedding", axes.per_class), n_classes)
     es, ys = e_train[idx], ctx.y_train[idx]
@@ -64,14 +65,50 @@ def evaluate(ctx, axes) -> list[dict]:
     )]
 
     n = axes.n_points or len(ctx.y)
-    x, y = ctx.x[:n], ctx.y[:n]
     keep = ctx.correct[:n]
-    xc, yc = x[keep], y[keep]
-    points = keep.nonzero().squeeze(1).cpu()
-    max_rows = default_batch_rows(x)
-    adversaries = {c: [] for c in ("attack", "norm", "eps", "embed_eps", "point", "fooled", "embed_dist", "l2", "linf")}
+    adversaries = {c: [] for c in ADVERSARY_COLUMNS}
+    rows += attack_rows(model, model.embed, ctx.x[:n][keep], ctx.y[:n][keep], keep.nonzero().squeeze(1).cpu(), n, axes, ctx.seed, adversaries)
+    for row in rows[1:]:
+        row.update(evaluator="embedding", clean_acc=ctx.clean_acc)
+    ctx.write_artifact("embedding_adversaries", adversaries)
+    return rows
+
+
+def transfer(members, x, y, axes, seed: int) -> list[dict]:
+    """The study evaluator ``embedding-transfer``: every model (``members``, as
+    study.evaluators.transfer) attacked and measured in every member's embedding. One set of
+    rows per (embedding, model) pair; the row's trial is the attacked model's, ``source_trial_id``
+    the embedding's."""
+    n = axes.n_points or len(y)
+    x, y = x[:n], y[:n]
+    rows = []
+    for metric in [m for m in members if hasattr(m.model, "embed")]:
+        for target in members:
+            correct = predict(target.model, x) == y
+            pair = attack_rows(target.model, metric.model.embed, x[correct], y[correct], correct.nonzero().squeeze(1).cpu(), n, axes, stream_seed(seed, metric.trial_id))
+            for row in pair:
+                row.update(
+                    evaluator="embedding-transfer", trial_id=target.trial_id, source_trial_id=metric.trial_id, source_label=metric.label,
+                    clean_acc=correct.float().mean().item(),
+                )
+            rows += pair
+    return rows
+
+
+ADVERSARY_COLUMNS = ("attack", "norm", "eps", "embed_eps", "point", "fooled", "embed_dist", "l2", "linf")
+
+
+def attack_rows(model, embed, xc, yc, points, n, axes, seed: int, adversaries: dict | None = None) -> list[dict]:
+    """``model`` attacked at its correctly classified points ``xc`` (their evaluation indices
+    ``points``, of ``n``) with the threat model measured by ``embed``: PGD constrained in the
+    embedding per embed_eps, and input-space PGD per (norm, eps) with the share of its
+    adversaries inside each embed_eps. Per-point outcomes go to ``adversaries`` when given."""
+    max_rows = default_batch_rows(xc)
+    rows = []
 
     def record(attack, norm, eps, embed_eps, fooled, dist, delta):
+        if adversaries is None:
+            return
         for c, v in (("attack", attack), ("norm", norm), ("eps", eps), ("embed_eps", embed_eps)):
             adversaries[c] += [v] * len(points)
         adversaries["point"] += points.tolist()
@@ -83,34 +120,32 @@ def evaluate(ctx, axes) -> list[dict]:
     pgd = EmbeddingPGD(axes.steps, axes.step_size, axes.bisection_steps)
     for embed_eps in sorted(axes.eps):
         t = time.perf_counter()
-        res = pgd.run(model, model.embed, xc, yc, embed_eps, max_rows)
+        res = pgd.run(model, embed, xc, yc, embed_eps, max_rows)
         delta = res.x_adv - xc
         record("embedding-pgd", None, None, embed_eps, res.fooled, res.dist, delta)
         rows.append(dict(
-            evaluator="embedding", attack="embedding-pgd", embed_eps=embed_eps, steps=axes.steps, step_size=axes.step_size,
-            **_outcome(res.fooled, res.dist, delta, n), n_eval=n, clean_acc=ctx.clean_acc, eval_s=time.perf_counter() - t,
+            attack="embedding-pgd", embed_eps=embed_eps, steps=axes.steps, step_size=axes.step_size,
+            **_outcome(res.fooled, res.dist, delta, n), n_eval=n, eval_s=time.perf_counter() - t,
         ))
 
-    e_clean = embeddings(model, xc)
+    e_clean = embeddings(embed, xc)
     for norm_name, norm_axes in axes.input_attacks.items():
         attack = attacks.make("pgd", steps=axes.input_steps)
         for eps in sorted(norm_axes.eps):
             t = time.perf_counter()
-            gen = torch.Generator(device=x.device).manual_seed(stream_seed(ctx.seed, "embedding", norm_name, eps))
+            gen = torch.Generator(device=xc.device).manual_seed(stream_seed(seed, "embedding", norm_name, eps))
             x_adv = torch.cat([attack(model, xc[i : i + max_rows], yc[i : i + max_rows], eps, norms.get(norm_name), generator=gen) for i in range(0, len(yc), max_rows)]) if len(yc) else xc
             fooled = predict(model, x_adv) != yc
-            dist = (embeddings(model, x_adv) - e_clean).norm(dim=1)
+            dist = (embeddings(embed, x_adv) - e_clean).norm(dim=1)
             delta = x_adv - xc
             record("pgd", norm_name, eps, None, fooled, dist, delta)
             outcome = _outcome(fooled, dist, delta, n)
             for embed_eps in sorted(axes.eps):
                 inside = (dist[fooled] <= embed_eps).float().mean().item() if fooled.any() else None
                 rows.append(dict(
-                    evaluator="embedding", attack="pgd", norm=norm_name, eps=float(eps), embed_eps=embed_eps, steps=attack.steps,
-                    step_size=attack.step_size, restarts=attack.restarts, inside_rate=inside, **outcome, n_eval=n,
-                    clean_acc=ctx.clean_acc, eval_s=time.perf_counter() - t,
+                    attack="pgd", norm=norm_name, eps=float(eps), embed_eps=embed_eps, steps=attack.steps, step_size=attack.step_size,
+                    restarts=attack.restarts, inside_rate=inside, **outcome, n_eval=n, eval_s=time.perf_counter() - t,
                 ))
-    ctx.write_artifact("embedding_adversaries", adversaries)
     return rows
 
 
