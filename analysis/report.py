@@ -13,6 +13,7 @@ import functools
 import html
 import json
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,14 +21,14 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, epsilon, frontier, images, natural, tilting, uncertainty
+from analysis import charts, epsilon, features, frontier, gaussian, images, natural, tilting, uncertainty
 from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
 from study import artifacts, fsio
 from study.spec import DISTANCE_NORMS
 
 ARTIFACTS = (
     "tilting-plane", "perturbation", "uncertainty", "natural", "natural_images", "class_distances", "class_eps", "class_eps_robustness",
-    "crafted_images", "embedding_distances", "embedding_class_distances", "embedding_adversaries",
+    "crafted_images", "embedding_distances", "embedding_class_distances", "embedding_adversaries", "gaussian",
 )
 # The generative model's grids under generative/ (study.trial.prepare_generative), by report stem.
 GENERATIVE = {"generative-samples": "samples.png", "generative-reconstructions": "reconstructions.png"}
@@ -65,6 +66,31 @@ def read_generative(results: str) -> dict[str, bytes]:
     fs, base = fsio.resolve(results)
     paths = {stem: fsio.join(base, "generative", name) for stem, name in GENERATIVE.items()}
     return {stem: fsio.read_bytes(fs, path) for stem, path in paths.items() if fsio.exists(fs, path)}
+
+
+@dataclass
+class FeatureSets:
+    """What a features study keeps beside its rows (study.trial.prepare_features): the
+    constructed sets (features/sets.json), their sample grids, and the robust source's threat
+    model (norm, eps) from the sweep's spec, where D_R's robustness is measured."""
+
+    sets: list[dict]
+    grids: dict[str, bytes]
+    threat: tuple[str, float] | None
+
+
+def read_feature_sets(results: str) -> FeatureSets | None:
+    fs, base = fsio.resolve(results)
+    path = fsio.join(base, "features", "sets.json")
+    if not fsio.exists(fs, path):
+        return None
+    sets = json.loads(fsio.read_bytes(fs, path))
+    grids = {s["key"]: fsio.read_bytes(fs, fsio.join(base, "features", f"{s['key']}.png")) for s in sets}
+    spec_path, threat = fsio.join(base, "spec.json"), None
+    if fsio.exists(fs, spec_path):
+        adv = json.loads(fsio.read_bytes(fs, spec_path)).get("features", {}).get("robust", {}).get("adversarial")
+        threat = (adv["norm"], adv["eps"]) if adv else None
+    return FeatureSets(sets, grids, threat)
 
 
 def _of_trials(artifact: pl.DataFrame | None, df: pl.DataFrame) -> pl.DataFrame | None:
@@ -115,13 +141,13 @@ def _has_tilting_curve(df: pl.DataFrame) -> bool:
 
 
 def build_charts(
-    df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None, generative: dict[str, bytes] | None = None
+    df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None, generative: dict[str, bytes] | None = None, sets: FeatureSets | None = None
 ) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
     """(file stem, title, what it shows, chart) for every chart of the report: an altair chart,
     or PNG bytes for an image (the perturbation grid, the natural strip, the generator's grids).
     Each evaluator's charts appear when its rows do; ``found``: the artifacts (``read_artifacts``)
     for the tilting plane, the grids and strips; ``generative``: the generator's PNG grids
-    (``read_generative``)."""
+    (``read_generative``); ``sets``: a features study's constructed sets (``read_feature_sets``)."""
     found = found or {}
     out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
     robustness = _robustness(df)
@@ -165,6 +191,58 @@ def build_charts(
     out += _generative_images(generative or {})
     out += _natural_charts(df, found)
     out += _epsilon_charts(df, found)
+    out += _features_charts(df, found, sets)
+    return out
+
+
+def _features_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame], sets: FeatureSets | None) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
+    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
+        norm, eps = sets.threat
+        out.append((
+            "features-accuracy", "Models trained on each training set",
+            f"Clean accuracy (left) and PGD accuracy at the robust source's training radius, {norm} {eps:g} (right), on the original test split, of a fresh "
+            "standard model of each architecture trained on each set, with 95% Clopper-Pearson intervals; the dashed rule is chance.",
+            features.accuracy_chart(df, eps, norm),
+        ))
+    for s in sets.sets if sets is not None else []:
+        out.append((
+            f"features-set-{s['key']}", f"Training set {s['name']}",
+            f"The first image of each class in the training split (top) and what it became in {s['name']} (bottom), with the label {s['name']} gives it "
+            f"({features.HOW[s['kind']]}).",
+            images.upscale(sets.grids[s["key"]], GENERATIVE_SCALE),
+        ))
+    if not df.filter(pl.col("evaluator") == "features").is_empty():
+        out.append((
+            "features-transfer", "Transfer from the standard source",
+            "The share of the standard source model's adversarial examples (untargeted, on the original test split) that fool each architecture (row) trained "
+            "on each set (column).",
+            features.transfer_matrix_chart(df),
+        ))
+        try:
+            out.append((
+                "features-transfer-vs-sets", "Transfer against learning from D_rand and D_det",
+                "Ilyas et al.'s Figure 3: per architecture, how often the source's adversarial examples fool it when trained on D (x), against its test "
+                "accuracy when trained on the source's relabelled sets (y). Both measure how much of the source's non-robust features it picks up.",
+                features.transfer_vs_accuracy_chart(df),
+            ))
+        except ValueError:  # no architecture was trained on both D and a relabelled set
+            pass
+    gauss = found.get("gaussian")
+    if gauss is not None:
+        out.append((
+            "gaussian-covariance", "The Gaussian model: robust covariance",
+            "Ilyas et al.'s Gaussian model: 1-sigma ellipses of the covariance learned by robust maximum likelihood (an L2 adversary of radius eps), scaled "
+            "to the true covariance's trace so only the shape shows; dashed: the true covariance. As eps grows the ellipse turns toward a circle: the "
+            "learned covariance blends with the identity.",
+            gaussian.covariance_chart(gauss),
+        ))
+        out.append((
+            "gaussian-blend", "The Gaussian model: blend with the identity",
+            "Against eps: the identity's weight in the learned covariance's shape, its anisotropy (largest / smallest eigenvalue), and its eigenvalues "
+            "(points) against Theorem 2's closed form at the fitted multiplier lambda (lines).",
+            gaussian.blend_chart(gauss),
+        ))
     return out
 
 
@@ -407,7 +485,7 @@ def _robustness_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
     return out
 
 
-def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None) -> list[tuple[str, str, pl.DataFrame]]:
+def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None, sets: FeatureSets | None = None) -> list[tuple[str, str, pl.DataFrame]]:
     """(title, what, table) for every table of the report; each evaluator's appear when its rows
     do (``found``: the artifacts, for the tables built from them)."""
     out = []
@@ -438,6 +516,44 @@ def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = Non
         out += _uncertainty_tables(df)
     out += _natural_tables(df, (found or {}).get("natural"))
     out += _epsilon_tables(df, found or {})
+    out += _features_tables(df, found or {}, sets)
+    return out
+
+
+def _features_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame], sets: FeatureSets | None) -> list[tuple[str, str, pl.DataFrame]]:
+    out = []
+    if sets is not None and sets.sets:
+        out.append((
+            "Constructed training sets",
+            "How each set was built from its source model: for matching, the share of the representation distance removed (rep_reduction); for the "
+            "relabelled sets, the share of images the source classifies as their new label (target_rate); the mean L2 distance to the image rebuilt.",
+            features.sets_table(sets.sets),
+        ))
+    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
+        norm, eps = sets.threat
+        out.append((
+            "Accuracy on the original test set",
+            f"A fresh standard model per architecture and training set: clean and PGD ({norm} {eps:g}, the robust source's training radius) accuracy on "
+            "the original test split with 95% Clopper-Pearson intervals, whether the clean accuracy is above chance, and Ilyas et al.'s CIFAR-10 figures.",
+            features.accuracy_table(df, eps, norm),
+        ))
+        try:
+            out.append((
+                "Robust accuracy: D_R against D",
+                f"PGD accuracy at {norm} {eps:g} of the model trained on D_R minus that of the model trained on D, with Newcombe's 95% interval for a "
+                "difference of two proportions; it clears sampling error when the interval's lower end is above 0.",
+                features.robust_margin(df, eps, norm),
+            ))
+        except ValueError:  # no architecture trained on both D and D_R
+            pass
+    gauss = found.get("gaussian")
+    if gauss is not None:
+        out.append((
+            "The Gaussian model",
+            "Robust maximum-likelihood estimates per eps: Theorem 2's multiplier lambda fitted to the learned covariance and the relative residual, the "
+            "closed-form check of the penalised problem, the identity's weight, the anisotropy and how far the mean moved.",
+            gaussian.table(gauss),
+        ))
     return out
 
 
@@ -595,7 +711,12 @@ def _json_script(id_: str, value) -> str:
 
 
 def render_html(
-    study: str, df: pl.DataFrame, manifest: dict | None, chart_specs: list[tuple[str, str, str, dict | None]], found: dict[str, pl.DataFrame] | None = None
+    study: str,
+    df: pl.DataFrame,
+    manifest: dict | None,
+    chart_specs: list[tuple[str, str, str, dict | None]],
+    found: dict[str, pl.DataFrame] | None = None,
+    sets: FeatureSets | None = None,
 ) -> str:
     """The page; a chart whose spec is None is an image: ``<stem>.png`` beside the page."""
     trials = df.get_column("trial_id").n_unique()
@@ -605,7 +726,7 @@ def render_html(
         f"<p>{trials} trials, {df.height} rows; sweep {state}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
         "Columns: docs/results-schema.md; analysis functions: docs/analysis.md.</p>",
     ]
-    for title, what, table in summary_tables(df, found):
+    for title, what, table in summary_tables(df, found, sets):
         parts += [f"<h2>{html.escape(title)}</h2><p>{html.escape(what)}</p>", _table(table)]
     for stem, title, what, spec in chart_specs:
         parts.append(f'<h2>{html.escape(title)}</h2><p>{html.escape(what)} <a href="{stem}.png">PNG</a></p>')
@@ -632,7 +753,8 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
     found = read_artifacts(results)
-    for stem, title, what, chart in build_charts(df, found, read_generative(results)):
+    sets = read_feature_sets(results)
+    for stem, title, what, chart in build_charts(df, found, read_generative(results), sets):
         if isinstance(chart, bytes):
             (out_dir / f"{stem}.png").write_bytes(chart)
             specs.append((stem, title, what, None))
@@ -641,7 +763,7 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
         (out_dir / f"{stem}.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=2))
         specs.append((stem, title, what, spec))
     index = out_dir / "index.html"
-    index.write_text(render_html(study, df, manifest, specs, found), encoding="utf-8")
+    index.write_text(render_html(study, df, manifest, specs, found, sets), encoding="utf-8")
     return index
 
 

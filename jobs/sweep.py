@@ -18,9 +18,9 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from study import __version__, data, fsio, results
+from study import __version__, data, features, fsio, results
 from study.data import DataError
-from study.spec import SpecError, StudySpec, load_spec
+from study.spec import SpecError, StudySpec, TrainConfig, load_spec
 from study.generative import generative_key
 from study.store import ModelStore, model_key
 
@@ -89,11 +89,14 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
     out = {"trials": spec.n_trials(), "rows": spec.expected_rows()}
     if configs is not None:
         store = ModelStore(spec.store_uri)
-        keys = {model_key(c, ds.fingerprint) for c in configs}
+        keys = {model_key(c, features.fit_fingerprint(spec, TrainConfig.model_validate(c).train_set, ds.fingerprint)) for c in configs}
         out["models"] = len(keys)
         out["in_store"] = sum(store.has(k) for k in keys)
     if spec.needs_generative:
         out["generative_in_store"] = ModelStore(spec.store_uri).has(generative_key(spec.generative, ds.fingerprint))
+    if spec.train_sets():
+        store = ModelStore(spec.store_uri)
+        out["train_sets"] = {features.name(s): store.has(features.set_key(spec, s, ds.fingerprint)) for s in spec.train_sets()}
     return out
 
 
@@ -118,7 +121,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
 
     from jobs import search
     from study.evaluators import STUDY_EVALUATORS
-    from study.trial import StudyContext, prepare_generative, run_study_evaluators, run_trial
+    from study.trial import StudyContext, prepare_features, prepare_generative, run_study_evaluators, run_trial
 
     started = datetime.now(timezone.utc)
     run_started = int(time.time())  # Tune stamps reports in whole seconds
@@ -146,6 +149,12 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         task = ray.remote(prepare_generative).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
         gen_meta = ray.get(task.remote(context, ds))
         print(f"generative model {gen_meta['key']}: {'from the store' if gen_meta['from_store'] else 'trained in %.0f s' % gen_meta['train_s']}", flush=True)
+    sets = None
+    if spec.needs_features:
+        # Once per sweep, before any trial: the source models and every constructed training set,
+        # into the store, where the trials load them. A Ray task with a trial's resources.
+        task = ray.remote(prepare_features).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+        sets = ray.get(task.remote(context, ds))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=ds, study=context),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
@@ -193,6 +202,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         "resumed": resume,
         "rows": table.num_rows,
         "generative": gen_meta,
+        "train_sets": sets,
         "trials": trials,
     }
     manifest_path = results.write_manifest(results_uri, manifest)
@@ -331,6 +341,8 @@ def main(argv=None) -> int:
         print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")
         if "generative_in_store" in p:
             print(f"generative model: {'in the store' if p['generative_in_store'] else 'to train before the trials'}")
+        for name, present in p.get("train_sets", {}).items():
+            print(f"training set {name}: {'in the store' if present else 'to build before the trials'}")
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")
         return 0
     return run(spec, ds, args.spec, resume=args.resume)

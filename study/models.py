@@ -156,6 +156,20 @@ def _cnn(input_shape, n_classes, c1, c2, hidden, dropout):
     ).to(memory_format=torch.channels_last)
 
 
+@register("resnet18")
+def resnet18(input_shape, n_classes):
+    """torchvision's ResNet-18 in its small-image form (3 x 3 stem, stride 1, no max-pool, as for
+    CIFAR-10), as a Sequential of the body (to the pooled 512 features) and the read-out, so its
+    penultimate layer is ``model[:-1]`` like every registry model's."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    body = tv_resnet18(num_classes=n_classes)
+    body.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    body.maxpool = nn.Identity()
+    head, body.fc = body.fc, nn.Identity()
+    return nn.Sequential(body, head)
+
+
 class LinearSVM(nn.Module):
     """f(x) = w . x + b, output as the two logits (-f/2, f/2): argmax is the sign of f."""
 

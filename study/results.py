@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -49,6 +49,17 @@ COLUMNS = [
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
     ("adv_alpha", pa.float64(), "training", "weight of the clean loss: alpha J(x) + (1 - alpha) J(x_adv)"),
+    ("train_set", pa.string(), "training", "the training set: null for the dataset's own split (D); `robust` (D_R) or `non-robust` (D_NR), rebuilt by representation matching to the robust or standard source model; `rand` (D_rand) or `det` (D_det), targeted L2 PGD on the standard source toward a random or the next class, relabelled with it (study.features)"),
+    ("set_eps", pa.float64(), "training", "rand, det: L2 radius of the targeted perturbation"),
+    ("set_step", pa.float64(), "training", "constructed set: L2 step length (absolute; matching's decays linearly to 0)"),
+    ("set_steps", pa.int64(), "training", "constructed set: matching or targeted-PGD steps"),
+    ("set_start", pa.string(), "training", "robust, non-robust: where matching starts (`noise`: uniform noise; `other`: a random training image)"),
+    ("set_key", pa.string(), "training", "store key of the constructed set (its config, source model, data, seed and code)"),
+    ("set_n", pa.int64(), "training", "images in the constructed set"),
+    ("set_target_rate", pa.float64(), "training", "rand, det: share of constructed images the standard source classifies as their new label"),
+    ("set_rep_reduction", pa.float64(), "training", "robust, non-robust: 1 - mean ||g(x_r) - g(x)|| / mean ||g(x_0) - g(x)|| over the set (g: the source's penultimate layer; x_0: the start)"),
+    ("set_l2_mean", pa.float64(), "training", "constructed set: mean ||x' - x||_2 between a constructed image and the image it rebuilds"),
+    ("set_label_agreement", pa.float64(), "training", "constructed set: share of its labels equal to the original label (D_rand: about 1/C; D_det: 0)"),
     ("evaluator", pa.string(), "evaluation", "evaluator name (robustness, ...)"),
     ("attack", pa.string(), "evaluation", "attack name, or `worst`: robust only if the point survives every attack"),
     ("norm", pa.string(), "evaluation", "threat-model norm (linf, l2)"),
@@ -69,8 +80,8 @@ COLUMNS = [
     ("eps_fraction", pa.float64(), "evaluation", "distances, per-class eps: the fraction of that quantile"),
     ("eps_rule", pa.string(), "evaluation", "robustness with per-class eps: `per-class` (each point attacked at its class's eps) or `uniform` (every point at their mean, the row's `eps`); null for a plain eps grid"),
     ("embed_eps", pa.float64(), "evaluation", "embedding: the radius of the ball ||e(x') - e(x)||_2 <= embed_eps in the model's embedding space"),
-    ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target); embedding-transfer: the trial whose embedding measures them"),
-    ("source_label", pa.string(), "evaluation", "transfer, embedding-transfer: that trial's label"),
+    ("source_trial_id", pa.string(), "evaluation", "transfer: the trial whose model the adversarial examples were crafted on (the row's own trial is the target); embedding-transfer: the trial whose embedding measures them; features: the store key of the standard source model"),
+    ("source_label", pa.string(), "evaluation", "transfer, embedding-transfer: that trial's label; features: `source <model>`"),
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
@@ -87,7 +98,7 @@ COLUMNS = [
     ("min_eps_median", pa.float64(), "metric", "geometry: median minimal perturbation"),
     ("rubbish_confident", pa.float64(), "metric", "rubbish: fraction of N(0, I) noise inputs (clipped to [0, 1]) classified with confidence > 0.5"),
     ("confidence_mean", pa.float64(), "metric", "rubbish: mean confidence on the noise inputs"),
-    ("transfer_error", pa.float64(), "metric", "transfer: the target's error rate on the source's adversarial examples (every evaluation point)"),
+    ("transfer_error", pa.float64(), "metric", "transfer, features: the target's error rate on the source's adversarial examples (every evaluation point)"),
     ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
     ("n_baseline", pa.int64(), "metric", "uncertainty: images in the separate clean baseline set (the first evaluation images; the input sets use the rest)"),
     ("mi_mean", pa.float64(), "metric", "uncertainty: mean mutual information H[mean_t p_t] - mean_t H[p_t] over the input set (nats)"),

@@ -13,6 +13,7 @@ live under ``evaluate:`` and are swept inside each trial against its one model.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from study.attacks import ATTACKS
 from study.attacks.latent import KINDS as LATENT_KINDS
 from study.norms import NORMS
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "digits")
 INPUT_ATTACKS = ATTACKS + ("natural",)  # input sets: the pixel-space attacks and natural adversaries
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -62,7 +63,7 @@ class DataSpec(_Strict):
     dataset: Literal[DATASETS] = "mnist-5k"
     classes: Optional[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=9)]]] = None
     n_eval: Optional[PosInt] = None  # evaluate on the first n_eval test images (all when null)
-    root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw
+    root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw (CIFAR-10: cifar-10-batches-py)
     download: bool = False
 
     @field_validator("classes")
@@ -96,6 +97,46 @@ def adversarial_name(attack: str | None, norm: str | None, eps: float | None, al
     return f"{attack}-{norm}-{eps:g}" + (f"-a{alpha:g}" if alpha is not None and alpha != 0.5 else "")
 
 
+TRAIN_SETS = ("robust", "non-robust", "rand", "det")  # study.features: D_R, D_NR, D_rand, D_det
+MATCH_KINDS = ("robust", "non-robust")  # built by representation matching; rand and det by targeted PGD
+
+
+class TrainSet(_Strict):
+    """A training set rebuilt from a source model of the study's ``features:`` section
+    (study.features). ``robust`` / ``non-robust``: representation matching to the robust /
+    standard source (``steps`` normalised L2 steps of length ``step``, decaying to 0, from
+    ``start``); ``rand`` / ``det``: targeted L2 PGD on the standard source (``eps``, ``step``,
+    ``steps``; Ilyas et al.'s CIFAR-10 setting was eps 0.5, step 0.1, 100 steps), relabelled
+    with the target. A plain string names a kind with its defaults."""
+
+    kind: Literal[TRAIN_SETS]
+    eps: Optional[PosFloat] = None  # rand, det: L2 radius (default 3: MNIST's digits lie further apart than CIFAR's images)
+    step: Optional[PosFloat] = None  # absolute L2 step length (default: matching 0.5; targeted eps / 5)
+    steps: Optional[PosInt] = None  # default: matching 300; targeted 100
+    start: Optional[Literal["other", "noise"]] = None  # matching: a random training image (the default), or uniform noise
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data):
+        return {"kind": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.kind in MATCH_KINDS:
+            if self.eps is not None:
+                raise ValueError(f"eps: {self.kind} is built by representation matching, which has no radius (eps is for rand and det)")
+            self.start = self.start or "other"
+            self.steps = self.steps or 300
+            self.step = self.step or 0.5
+        else:
+            if self.start is not None:
+                raise ValueError(f"start: {self.kind} starts at the image itself (start is for robust and non-robust)")
+            self.eps = self.eps or 3.0
+            self.steps = self.steps or 100
+            self.step = self.step or self.eps / 5
+        return self
+
+
 class TrainConfig(_Strict):
     """One trial's resolved training configuration: everything that determines the model."""
 
@@ -111,6 +152,7 @@ class TrainConfig(_Strict):
     margin: Optional[PosFloat] = None  # triplet: the triplet loss's margin between squared distances (model default when null)
     triplet_loss: Optional[Literal["margin", "ratio"]] = None  # triplet: margin loss (FaceNet) or distance ratio (Hoffer & Ailon)
     adversarial: Optional[AdversarialTraining] = None
+    train_set: Optional[TrainSet] = None  # null: the dataset's training split (D); else a constructed set
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
 
     @model_validator(mode="before")
@@ -268,6 +310,53 @@ class TransferEval(_Strict):
 
     def n_rows(self, linear_binary: bool) -> int:
         return 0  # its rows are written after the trials, one per (source, target, eps)
+
+    def metric_names(self) -> set[str]:
+        return set()
+
+
+class FeaturesEval(TransferEval):
+    """Transfer from the study's standard source model (``features.standard``, the one D_NR,
+    D_rand and D_det are built from): its adversarial examples classified by every trial's
+    model, run once after the trials (study.evaluators.features). Ilyas et al. relate this rate
+    to how well each architecture learns from D_rand / D_det."""
+
+    evaluator: Literal["features"]
+    attack: Literal[ATTACKS] = "pgd"
+    norm: Literal[tuple(NORMS)] = "l2"
+    steps: PosInt = 20
+
+
+class GaussianEval(_Strict):
+    """Ilyas et al.'s Gaussian model (study.gaussian): two classes x ~ N(y mu, Sigma), y = +-1;
+    the standard and the robust (L2 ball of radius eps) maximum-likelihood estimates of
+    (mu, Sigma) from ``n`` samples at every eps, against Theorem 2's closed form. Model-free: it
+    runs once after the trials and writes the artifact ``gaussian``."""
+
+    evaluator: Literal["gaussian"]
+    eps: Annotated[list[NonNegFloat], Field(min_length=1), Distinct] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0]
+    mean: Annotated[list[float], Field(min_length=1)] = [1.0, 0.25]
+    cov: list[list[float]] = [[1.0, 0.6], [0.6, 0.5]]
+    n: Annotated[int, BeforeValidator(_not_bool), Field(ge=10)] = 2000
+    steps: PosInt = 300  # optimiser steps per estimate
+    lr: PosFloat = 0.1
+
+    @model_validator(mode="after")
+    def _checks(self):
+        import numpy as np
+
+        d = len(self.mean)
+        if d < 2:
+            raise ValueError("mean: the model needs at least two dimensions (d >= 2)")
+        if any(len(row) != d for row in self.cov) or len(self.cov) != d:
+            raise ValueError(f"cov: must be {d} x {d}, like mean")
+        cov = np.asarray(self.cov)
+        if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
+            raise ValueError("cov: must be symmetric positive definite")
+        return self
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 0  # an artifact, no rows
 
     def metric_names(self) -> set[str]:
         return set()
@@ -498,12 +587,13 @@ class EmbeddingTransferEval(_EmbeddingAttacks):
 Evaluator = Annotated[
     Union[
         RobustnessEval, GeometryEval, RubbishEval, TransferEval, UncertaintyEval, NaturalEval, ReconstructionEval, DistancesEval, CraftedEval, EmbeddingEval,
-        EmbeddingTransferEval,
+        EmbeddingTransferEval, FeaturesEval, GaussianEval,
     ],
     Field(discriminator="evaluator"),
 ]
 EVALUATORS = (
-    "robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding", "embedding-transfer",
+    "robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding", "embedding-transfer", "features",
+    "gaussian",
 )
 STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
@@ -614,6 +704,32 @@ class GenerativeSpec(_Strict):
         return self
 
 
+FEATURE_SOURCES = ("cnn", "mlp", "maxout", "resnet18")  # sequential models whose last layer is the read-out
+
+
+class FeaturesSpec(_Strict):
+    """The source models of constructed training sets (study.features): ``robust`` (adversarially
+    trained) for D_R; ``standard`` for D_NR, D_rand and D_det and for the ``features`` transfer
+    evaluator. Trained before the trials, kept in the model store like any trial's model."""
+
+    standard: TrainConfig = TrainConfig(model="cnn", epochs=8)
+    robust: TrainConfig = TrainConfig(model="cnn", epochs=20, adversarial=AdversarialTraining(attack="pgd", norm="linf", eps=0.2, alpha=0.0, steps=7, step_size=0.25))
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for name in ("standard", "robust"):
+            cfg = getattr(self, name)
+            if cfg.model not in FEATURE_SOURCES:
+                raise ValueError(f"{name}.model: {cfg.model} has no penultimate layer to match; a source is one of {', '.join(FEATURE_SOURCES)}")
+            if cfg.train_set is not None:
+                raise ValueError(f"{name}.train_set: a source model trains on the dataset itself")
+        if self.standard.adversarial is not None:
+            raise ValueError("standard.adversarial: the standard source is trained without an adversary")
+        if self.robust.adversarial is None or self.robust.adversarial.alpha == 1:
+            raise ValueError("robust.adversarial: the robust source needs adversarial training (e.g. {attack: pgd, norm: linf, eps: 0.2, alpha: 0})")
+        return self
+
+
 class StudySpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     data: DataSpec = DataSpec()
@@ -625,6 +741,7 @@ class StudySpec(_Strict):
     store: Optional[str] = None  # model store; default: `store` beside the results folder
     seed: Annotated[int, BeforeValidator(_not_bool)] = 0
     generative: GenerativeSpec = GenerativeSpec()  # natural adversaries and the reconstruction defense
+    features: FeaturesSpec = FeaturesSpec()  # source models of constructed training sets (train_set)
 
     @field_validator("train", mode="before")
     @classmethod
@@ -644,6 +761,14 @@ class StudySpec(_Strict):
             raise ValueError("generative: no evaluator uses the generative model (natural, reconstruction, or a natural input set)")
         if self.generative.seed is None:
             self.generative.seed = self.seed
+        for source in (self.features.standard, self.features.robust):
+            if source.seed is None:
+                source.seed = self.seed
+        if "features" in self.model_fields_set and not self.needs_features:
+            raise ValueError("features: no training set is built from a source model (a train_set axis) and no features evaluator runs")
+        axis = self.train.get("train_set")
+        if axis is not None and axis.kind not in ("value", "grid", "choice"):
+            raise ValueError("train.train_set: list the training sets (a value, grid or choice); each is built once before the trials")
         if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
             raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
@@ -715,6 +840,19 @@ class StudySpec(_Strict):
         )
 
     @property
+    def needs_features(self) -> bool:
+        """Whether the study builds training sets or runs the features evaluator (its source
+        models are trained before the trials)."""
+        return bool(self.train_sets()) or any(e.evaluator == "features" for e in self.evaluate)
+
+    def train_sets(self) -> list[TrainSet]:
+        """The constructed training sets the study's trials train on, each once."""
+        axis = self.train.get("train_set")
+        values = axis.values if axis is not None else []
+        unique = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values if v is not None))
+        return [TrainSet.model_validate(json.loads(v)) for v in unique]
+
+    @property
     def results_uri(self) -> str:
         return self.results or f"results/{self.name}"
 
@@ -776,14 +914,16 @@ class StudySpec(_Strict):
 
     def study_rows(self, configs: list[dict]) -> int:
         """Rows the study evaluators write after the trials of ``configs``: transfer, every
-        (source, target, eps); embedding-transfer, every (embedding, model) pair."""
+        (source, target, eps); features, every (target, eps); embedding-transfer, every
+        (embedding, model) pair; gaussian, none (an artifact)."""
         n = len(configs)
         embeddings = sum(models.MODELS[c["model"]].embeds for c in configs)
-        return sum(
-            n**2 * len(e.eps) if e.evaluator == "transfer" else embeddings * n * e.pair_rows()
-            for e in self.evaluate
-            if e.evaluator in ("transfer", "embedding-transfer")
-        )
+        rows = {
+            "transfer": lambda e: n**2 * len(e.eps),
+            "features": lambda e: n * len(e.eps),
+            "embedding-transfer": lambda e: embeddings * n * e.pair_rows(),
+        }
+        return sum(rows[e.evaluator](e) for e in self.evaluate if e.evaluator in rows)
 
     def expected_rows(self) -> int | None:
         """Rows the sweep writes when every trial finishes (None: configs sampled at run time)."""

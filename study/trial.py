@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import evaluators, fsio, generative, models, results
+from study import artifacts, evaluators, features, fsio, gaussian, generative, models, results
 from study.data import Dataset
 from study.evaluators import embedding, transfer
+from study.evaluators import features as features_eval
 from study.spec import StudySpec, TrainConfig, adversarial_name
 from study.store import ModelStore, model_key
 from study.train import init_model, train
@@ -52,6 +53,9 @@ def label(cfg: TrainConfig, swept: list[str]) -> str:
         if name == "adversarial":
             value = adversarial_name(value.attack, value.norm, value.eps, value.alpha) if value else "none"
             name = "adv"
+        elif name == "train_set":
+            parts.append(features.name(value))
+            continue
         elif name == "weight_decay":
             name = "wd"
         parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
@@ -79,6 +83,23 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         adv_norm=adv.norm if adv else None,
         adv_eps=adv.eps if adv else None,
         adv_alpha=adv.alpha if adv else None,
+        train_set=cfg.train_set.kind if cfg.train_set else None,
+        set_eps=cfg.train_set.eps if cfg.train_set else None,
+        set_step=cfg.train_set.step if cfg.train_set else None,
+        set_steps=cfg.train_set.steps if cfg.train_set else None,
+        set_start=cfg.train_set.start if cfg.train_set else None,
+    )
+
+
+def set_columns(key: str, meta: dict) -> dict:
+    """A constructed training set's identity and statistics, as row columns."""
+    return dict(
+        set_key=key,
+        set_n=meta["n"],
+        set_target_rate=meta["target_rate"],
+        set_rep_reduction=meta["rep_reduction"],
+        set_l2_mean=meta["l2_mean"],
+        set_label_agreement=meta["label_agreement"],
     )
 
 
@@ -113,17 +134,19 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     x_eval, y_eval = _tensor(data.x_test, device), _tensor(data.y_test, device)
     name = label(cfg, spec.label_axes())
 
-    model = init_model(cfg, data.input_shape, data.n_classes).to(device)
     store = ModelStore(study.store_uri)
-    key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
-    meta = store.load(key, model)
-    from_store = meta is not None
+    x_fit, y_fit, fingerprint, set_meta = x, y, data.fingerprint, {}
+    if cfg.train_set is not None:
+        key = features.set_key(spec, cfg.train_set, data.fingerprint)
+        found = features.stored(key, tuple(x.shape), store, device)
+        if found is None:
+            raise RuntimeError(f"training set {features.name(cfg.train_set)} ({key}) is not in the store {study.store_uri}; jobs.sweep builds it before the trials")
+        x_fit, y_fit, meta = found
+        fingerprint, set_meta = key, set_columns(key, meta)
     # One line per trial phase: the driver log then says which trials ran (e.g. after --resume).
-    print(f"advsweep trial {tid} ({name}): {'model from the store' if from_store else 'training'} on {device}", flush=True)
-    if not from_store:
-        out = train(model, cfg, x, y, x_eval, y_eval, on_epoch=lambda epoch, m: report({**m, "advsweep_trial_id": tid, "label": name}))
-        meta = {"train_s": out["train_s"]}
-        store.save(key, model, meta)
+    announce = lambda from_store: print(f"advsweep trial {tid} ({name}): {'model from the store' if from_store else 'training'} on {device}", flush=True)
+    on_epoch = lambda epoch, m: report({**m, "advsweep_trial_id": tid, "label": name})
+    model, meta, from_store = trained_model(cfg, data, fingerprint, store, (x_fit, y_fit), (x_eval, y_eval), announce, on_epoch)
 
     rows = []
     gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
@@ -137,6 +160,8 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
             if row["evaluator"] in ("natural", "reconstruction") or row.get("attack") == "natural":
                 row.update(generative_key=gen_meta["key"], gan_steps=spec.generative.steps)
     _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
+    for row in rows:
+        row.update(set_meta)
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
@@ -194,8 +219,60 @@ def prepare_generative(study: StudyContext, data: Dataset) -> dict:
     return meta
 
 
+def trained_model(cfg: TrainConfig, data: Dataset, fingerprint: str, store: ModelStore, fit, held_out, announce=None, on_epoch=None):
+    """The model of ``cfg`` trained on ``fit`` = (x, y) (whose identity is ``fingerprint``):
+    from the store, or trained now and stored. Returns (model, metadata, from_store)."""
+    model = init_model(cfg, data.input_shape, data.n_classes).to(held_out[0].device)
+    key = model_key(cfg.model_dump(mode="json"), fingerprint)
+    meta = store.load(key, model)
+    from_store = meta is not None
+    if announce:
+        announce(from_store)
+    if not from_store:
+        out = train(model, cfg, *fit, *held_out, on_epoch=on_epoch)
+        meta = {"train_s": out["train_s"]}
+        store.save(key, model, meta)
+    return model, meta, from_store
+
+
+def _source(spec: StudySpec, which: str, data: Dataset, store: ModelStore, tensors) -> torch.nn.Module:
+    cfg = getattr(spec.features, which)
+    x, y, x_eval, y_eval = tensors
+    announce = lambda from_store: print(f"features: {which} source ({label(cfg, [])}{', ' + adversarial_name(cfg.adversarial.attack, cfg.adversarial.norm, cfg.adversarial.eps, cfg.adversarial.alpha) if cfg.adversarial else ''}): {'from the store' if from_store else 'training'}", flush=True)
+    model, _, _ = trained_model(cfg, data, data.fingerprint, store, (x, y), (x_eval, y_eval), announce)
+    return model.eval()
+
+
+def prepare_features(study: StudyContext, data: Dataset) -> list[dict]:
+    """Before the trials: the ``features:`` source models (from the store or trained), and every
+    training set the grid names, built once (from the store on a repeat); each set's sample grid
+    goes to features/<key>.png and the list of sets to features/sets.json. Returns that list."""
+    spec = study.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    device = select_device(spec.resources.device, spec.resources.gpu)
+    store = ModelStore(study.store_uri)
+    tensors = tuple(_tensor(a, device) for a in (data.x_train, data.y_train, data.x_test, data.y_test))
+    x, y = tensors[:2]
+    sources = {}
+    fs, base = fsio.resolve(study.results_uri)
+    entries = []
+    for train_set in spec.train_sets():
+        which = features.source_name(train_set.kind)
+        if which not in sources:
+            sources[which] = _source(spec, which, data, store, tensors)
+        key = features.set_key(spec, train_set, data.fingerprint)
+        xs, ys, meta = features.built(train_set, key, sources[which], x, y, data.n_classes, spec.seed, store)
+        fsio.write_atomic(fs, fsio.join(base, "features", f"{key}.png"), features.sample_grid(x, xs, ys, y))
+        entries.append({"name": features.name(train_set), **train_set.model_dump(mode="json"), "key": key, "source": which, **meta})
+        print(f"features: {entries[-1]['name']} ({key}): {'from the store' if meta['from_store'] else 'built in %.0f s' % meta['build_s']}", flush=True)
+    if any(e.evaluator == "features" for e in spec.evaluate) and "standard" not in sources:
+        _source(spec, "standard", data, store, tensors)
+    fsio.write_atomic(fs, fsio.join(base, "features", "sets.json"), json.dumps(entries, indent=2).encode())
+    return entries
+
+
 def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]) -> int:
-    """After the trials: the study evaluators (transfer, embedding-transfer) over the models of
+    """After the trials: the study evaluators (transfer, embedding-transfer, features, gaussian) over the models of
     the finished trials (``configs``: their resolved training configs), loaded from the store.
     Writes study/<evaluator>.parquet under the results; returns the number of rows."""
     spec = study.spec
@@ -208,7 +285,7 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     for raw in configs:
         cfg = TrainConfig.model_validate(raw)
         model = init_model(cfg, data.input_shape, data.n_classes).to(device)
-        meta = store.load(model_key(cfg.model_dump(mode="json"), data.fingerprint), model)
+        meta = store.load(model_key(cfg.model_dump(mode="json"), features.fit_fingerprint(spec, cfg.train_set, data.fingerprint)), model)
         if meta is None:
             raise RuntimeError(f"study evaluators: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
         member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
@@ -216,7 +293,17 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
         trained[member.trial_id] = (cfg, member.label, meta["train_s"])
     by_evaluator = {}
     for axes in spec.evaluate:
-        if axes.evaluator == "transfer":
+        if axes.evaluator == "features":
+            cfg = spec.features.standard
+            model = init_model(cfg, data.input_shape, data.n_classes).to(device)
+            key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
+            if store.load(key, model) is None:
+                raise RuntimeError(f"features: the standard source model {key} is not in the store {study.store_uri}")
+            source = transfer.Member(key, f"source {label(cfg, [])}", model.eval())
+            by_evaluator.setdefault("features", []).extend(features_eval.evaluate(source, members, x, y, axes, spec.seed))
+        elif axes.evaluator == "gaussian":
+            artifacts.write(study.results_uri, "gaussian", "study", gaussian.evaluate(axes, spec.seed))
+        elif axes.evaluator == "transfer":
             by_evaluator.setdefault("transfer", []).extend(transfer.evaluate(members, x, y, axes, spec.seed))
         elif axes.evaluator == "embedding-transfer":
             by_evaluator.setdefault("embedding-transfer", []).extend(embedding.transfer(members, x, y, axes, spec.seed))

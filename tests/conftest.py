@@ -167,3 +167,8 @@ def natural_sweep(ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def epsilon_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, SPECS / "epsilon.yaml", "epsilon")
+
+
+@pytest.fixture(scope="session")
+def features_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "features.yaml", "features")

@@ -71,3 +71,10 @@ def test_full_mnist_loads_from_a_root_holding_the_files(tmp_path):
     shutil.copytree(data.mnist5k_root() / "MNIST", tmp_path / "MNIST")
     ds = data.load(DataSpec(dataset="mnist", root=str(tmp_path)))
     assert ds.x_train.shape == (4000, 1, 28, 28)
+
+
+def test_missing_cifar10_files_name_the_folder(tmp_path):
+    with pytest.raises(data.DataError) as e:
+        data.load(DataSpec(dataset="cifar10", root=str(tmp_path)))
+    assert str(e.value).startswith("data.root: no cifar10 files under") and "cifar-10-batches-py" in str(e.value)
+    assert "download: true" in str(e.value)

@@ -15,11 +15,17 @@ def _fgsm_error(df: pl.DataFrame, model: str, adv_eps: float | None) -> pl.DataF
     return row.row(0, named=True)
 
 
+# The full study (search_spaces/goodfellow.yaml, 73 s on 2 cores) runs on purpose (`pytest -m
+# slow`); tests/specs/transfer.yaml covers the same evaluators in the default run.
+SLOW = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def full(goodfellow_full_sweep) -> pl.DataFrame:
     return goodfellow_full_sweep.frame()
 
 
+@SLOW
 def test_rbf_resists_fgsm_and_is_unsure_of_its_mistakes(full):
     logreg, rbf = _fgsm_error(full, "logreg", None), _fgsm_error(full, "rbf", None)
     assert 1 - logreg["robust_acc"] >= 0.9
@@ -27,12 +33,14 @@ def test_rbf_resists_fgsm_and_is_unsure_of_its_mistakes(full):
     assert rbf["adv_confidence_mean"] < 0.3 < logreg["adv_confidence_mean"]
 
 
+@SLOW
 def test_adversarial_training_halves_the_maxout_error(full):
     before, after = _fgsm_error(full, "maxout", None), _fgsm_error(full, "maxout", 0.25)
     assert after["adv_alpha"] == 0.5
     assert 1 - after["robust_acc"] <= 0.5 * (1 - before["robust_acc"])
 
 
+@SLOW
 def test_rubbish_inputs_fool_softmax_models_not_the_rbf(full):
     rubbish = full.filter(pl.col("evaluator") == "rubbish", pl.col("adv_eps").is_null())
     by_model = dict(zip(rubbish["model"], rubbish["rubbish_confident"]))
@@ -41,6 +49,7 @@ def test_rubbish_inputs_fool_softmax_models_not_the_rbf(full):
     assert min(by_model[m] for m in ("logreg", "maxout", "cnn")) > 0.5
 
 
+@SLOW
 def test_transfer_matrix_covers_every_pair(full):
     tr = full.filter(pl.col("evaluator") == "transfer")
     n = full["trial_id"].n_unique()

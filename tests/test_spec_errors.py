@@ -156,7 +156,7 @@ CASES = [
     ("loguniform-low-zero", _set(("train", "weight_decay"), {"loguniform": [0.0, 1e-2]}), "train.weight_decay.loguniform[0]"),
     ("loguniform-low-negative", _set(("train", "lr"), {"loguniform": [-1e-3, 1e-2]}), "train.lr.loguniform[0]"),
     ("uniform-low-above-high", _set(("train", "lr"), {"uniform": [1e-2, 1e-3]}), "train.lr.uniform"),
-    ("unknown-dataset", _set(("data", "dataset"), "cifar10"), "data.dataset"),
+    ("unknown-dataset", _set(("data", "dataset"), "cifar100"), "data.dataset"),
     ("classes-one-label", _set(("data", "classes"), [3]), "data.classes"),
     ("classes-duplicate", _set(("data", "classes"), [3, 3]), "data.classes"),
     ("classes-out-of-range", _set(("data", "classes"), [3, 10]), "data.classes[1]"),

@@ -1,8 +1,8 @@
 """Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns).
 
-Per-trial evaluators run inside a trial against its one model. ``transfer`` and
-``embedding-transfer`` are study evaluators: they need every trial's model, so jobs.sweep runs
-them once after the trials. The
+Per-trial evaluators run inside a trial against its one model. ``transfer``,
+``embedding-transfer`` and ``features`` are study evaluators: they need every trial's model,
+so jobs.sweep runs them once after the trials; so does the model-free ``gaussian``. The
 natural and reconstruction evaluators (and natural input sets) use the study's generative model,
 trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
 ``embedding`` runs only for models with an embedding (triplet); it returns no rows for others.
@@ -59,7 +59,7 @@ EVALUATORS = {
     "crafted": crafted.evaluate,
     "embedding": embedding.evaluate,
 }
-STUDY_EVALUATORS = ("transfer", "embedding-transfer")
+STUDY_EVALUATORS = ("transfer", "embedding-transfer", "features", "gaussian")
 
 
 def run(ctx: EvalContext, axes) -> list[dict]:

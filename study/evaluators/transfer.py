@@ -32,13 +32,14 @@ class Member:
     model: torch.nn.Module
 
 
-def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int, batch: int = 1024) -> list[dict]:
+def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int, batch: int = 1024, sources: list[Member] | None = None) -> list[dict]:
+    """Rows for every (source, target in ``members``, eps); the sources are the members unless given."""
     attack = attacks.make(axes.attack, steps=axes.steps, step_size=axes.step_size)
     norm = norms.get(axes.norm)
     clean = {m.trial_id: (predict(m.model, x) == y).float().mean().item() for m in members}
     rows = []
     for eps in sorted(axes.eps):
-        for source in members:
+        for source in members if sources is None else sources:
             gen = torch.Generator(device=x.device).manual_seed(stream_seed(seed, source.trial_id, eps))
             x_adv = torch.cat([attack(source.model, x[i : i + batch], y[i : i + batch], eps, norm, generator=gen) for i in range(0, len(x), batch)])
             source_pred = predict(source.model, x_adv)
@@ -47,7 +48,7 @@ def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed
                 wrong = pred != y
                 both = wrong & (source_pred != y)
                 rows.append(dict(
-                    evaluator="transfer",
+                    evaluator=axes.evaluator,
                     trial_id=target.trial_id,
                     attack=axes.attack,
                     norm=axes.norm,
