@@ -30,7 +30,7 @@ from scipy.stats import beta, norm as normal
 from analysis.load import eager
 
 # train_set -> set name; null is the original training set.
-NAMES = {None: "D", "robust": "D_R", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det"}
+NAMES = {None: "D", "robust": "D_R", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det", "shuffled": "D_shuf"}
 KINDS = tuple(NAMES)
 # The columns that tell two sets of one kind apart, with the names a set's name shows them by.
 SETTINGS = {"set_eps": "eps", "set_start": "start", "set_steps": "steps", "set_step": "step"}
@@ -43,8 +43,11 @@ HOW = {
     "non-robust": "representation matching to the standard source",
     "rand": "targeted L2 PGD on the standard source toward a random label",
     "det": "targeted L2 PGD on the standard source toward (y+1) mod C",
+    "shuffled": "the control for D_R: x plus another image's change x_r - x in D_R, labelled y",
 }
-SET_COLORS = {"D": "#8c8c8c", "D_R": "#4c78a8", "D_NR": "#f58518", "D_rand": "#54a24b", "D_det": "#e45756"}
+SET_COLORS = {"D": "#8c8c8c", "D_R": "#4c78a8", "D_NR": "#f58518", "D_rand": "#54a24b", "D_det": "#e45756", "D_shuf": "#9ecae9"}
+# What pairs a D_shuf with the D_R whose changes it permutes.
+MATCHING = ("set_start", "set_steps", "set_step")
 
 
 def _rank(column: str, order: list[str] | tuple[str, ...]) -> pl.Expr:
@@ -53,7 +56,7 @@ def _rank(column: str, order: list[str] | tuple[str, ...]) -> pl.Expr:
 
 
 def _kind_rank() -> pl.Expr:
-    """A sort key of ``train_set``: D (null) first, then robust, non-robust, rand, det, others."""
+    """A sort key of ``train_set``: D (null) first, then robust, non-robust, rand, det, shuffled, others."""
     return pl.when(pl.col("train_set").is_null()).then(-1).otherwise(_rank("train_set", KINDS[1:]))
 
 
@@ -252,27 +255,49 @@ def robust_margin(frame: pl.DataFrame | pl.LazyFrame, eps: float, norm: str, att
     """How much robust accuracy training on robust features buys: per model and robust set
     (train_set ``robust``; one row per D_R variant), robust accuracy under ``attack`` at
     (``norm``, ``eps``) on D_R minus on D, with Newcombe's hybrid score ``confidence`` interval
-    for the difference of two independent proportions (``newcombe``). Columns: model, set,
+    for the difference of two independent proportions (``newcombe``); and, where the study has
+    the D_R's control (train_set ``shuffled`` with the same matching settings), D_R minus the
+    control, which changed the images as much without label information. Columns: model, set,
     attack, norm, eps, acc_D, n_D, acc_R, n_R, margin, margin_lo, margin_hi,
-    clears_sampling_error (margin_lo > 0). Models without both sets are left out; raises
-    ValueError when none has both, or when a model has more than one trial on D."""
-    rows = accuracy_rows(frame, eps, norm, attack, confidence)
+    clears_sampling_error (margin_lo > 0), acc_shuf, over_shuf, over_shuf_lo, over_shuf_hi,
+    clears_control (over_shuf_lo > 0; null without a control). Models without both D and D_R
+    are left out; raises ValueError when none has both, or when a model has more than one trial
+    on D."""
+    df = eager(frame)
+    rows = accuracy_rows(df, eps, norm, attack, confidence)
+    matching = [c for c in MATCHING if c in df.columns]
+    rows = rows.join(df.select("trial_id", *matching).unique("trial_id"), on="trial_id", how="left")
     d = rows.filter(pl.col("train_set").is_null())
     twice = d.group_by("model").len().filter(pl.col("len") > 1).get_column("model").to_list()
     if twice:
         raise ValueError(f"more than one trial on D for model(s) {sorted(twice)}: the margin needs one")
-    pairs = rows.filter(pl.col("train_set") == "robust").select("model", "set", "label", "attack", "norm", "eps", acc_R="robust_acc", n_R="n_eval").join(
+    pairs = rows.filter(pl.col("train_set") == "robust").select("model", "set", "label", "attack", "norm", "eps", *matching, acc_R="robust_acc", n_R="n_eval").join(
         d.select("model", acc_D="robust_acc", n_D="n_eval"), on="model"
     )
     if pairs.is_empty():
         raise ValueError("no model has trials on both D and D_R")
-    bounds = [newcombe(round(r["acc_R"] * r["n_R"]), r["n_R"], round(r["acc_D"] * r["n_D"]), r["n_D"], confidence) for r in pairs.iter_rows(named=True)]
+    control = rows.filter(pl.col("train_set") == "shuffled").select("model", *matching, acc_shuf="robust_acc", n_shuf="n_eval")
+    pairs = pairs.join(control, on=["model", *matching], how="left", nulls_equal=True)
+
+    def interval(k_acc: str, k_n: str, other_acc: str, other_n: str, r: dict) -> tuple[float | None, float | None]:
+        if r[other_acc] is None:
+            return None, None
+        return newcombe(round(r[k_acc] * r[k_n]), r[k_n], round(r[other_acc] * r[other_n]), r[other_n], confidence)
+
+    over_d = [interval("acc_R", "n_R", "acc_D", "n_D", r) for r in pairs.iter_rows(named=True)]
+    over_shuf = [interval("acc_R", "n_R", "acc_shuf", "n_shuf", r) for r in pairs.iter_rows(named=True)]
     out = pairs.with_columns(
         margin=pl.col("acc_R") - pl.col("acc_D"),
-        margin_lo=pl.Series([b[0] for b in bounds], dtype=pl.Float64),
-        margin_hi=pl.Series([b[1] for b in bounds], dtype=pl.Float64),
-    ).with_columns(clears_sampling_error=pl.col("margin_lo") > 0)
-    return out.select("model", "set", "attack", "norm", "eps", "acc_D", "n_D", "acc_R", "n_R", "margin", "margin_lo", "margin_hi", "clears_sampling_error")
+        margin_lo=pl.Series([b[0] for b in over_d], dtype=pl.Float64),
+        margin_hi=pl.Series([b[1] for b in over_d], dtype=pl.Float64),
+        over_shuf=pl.col("acc_R") - pl.col("acc_shuf"),
+        over_shuf_lo=pl.Series([b[0] for b in over_shuf], dtype=pl.Float64),
+        over_shuf_hi=pl.Series([b[1] for b in over_shuf], dtype=pl.Float64),
+    ).with_columns(clears_sampling_error=pl.col("margin_lo") > 0, clears_control=pl.col("over_shuf_lo") > 0)
+    return out.select(
+        "model", "set", "attack", "norm", "eps", "acc_D", "n_D", "acc_R", "n_R", "margin", "margin_lo", "margin_hi", "clears_sampling_error",
+        "acc_shuf", "over_shuf", "over_shuf_lo", "over_shuf_hi", "clears_control",
+    )
 
 
 # -- the constructed sets -----------------------------------------------------------------

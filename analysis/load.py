@@ -20,7 +20,7 @@ from study.spec import adversarial_name
 ADV_COLUMNS = ("adv_attack", "adv_norm", "adv_eps", "adv_alpha")
 # The spec's training axes as result columns (`adversarial` stands for the four adv_* columns).
 TRAINING_AXES = (
-    "dataset", "classes", "model", "pieces", "dropout", "margin", "triplet_loss", "seed", "epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "l2", "adversarial",
+    "dataset", "classes", "model", "pieces", "dropout", "margin", "triplet_loss", "hidden", "channels", "seed", "epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "l2", "adversarial",
     "train_set",
 )
 

@@ -541,7 +541,9 @@ def _features_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame], sets: Fea
             out.append((
                 "Robust accuracy: D_R against D",
                 f"PGD accuracy at {norm} {eps:g} of the model trained on D_R minus that of the model trained on D, with Newcombe's 95% interval for a "
-                "difference of two proportions; it clears sampling error when the interval's lower end is above 0.",
+                "difference of two proportions; it clears sampling error when the interval's lower end is above 0. Where the study has D_shuf, the control "
+                "(D plus D_R's changes, shuffled across images: as much change, no label information), D_R minus D_shuf (over_shuf) tells what robust "
+                "features buy beyond what changing the images does.",
                 features.robust_margin(df, eps, norm),
             ))
         except ValueError:  # no architecture trained on both D and D_R

@@ -10,6 +10,11 @@
 * ``rand`` (D_rand) and ``det`` (D_det): targeted L2 PGD on the standard source, toward t
   drawn uniformly from all classes or t = (y + 1) mod C, within ``eps`` of x; the final iterate
   is labelled t. To a person the images still show y: only non-robust features tie them to t.
+* ``shuffled`` (D_shuf), a control for D_R: x plus D_R's change x_r - x of another image
+  (a fixed random permutation), kept in [0, 1], labelled y. It changes the images as much as
+  D_R does, but the change carries no information about their labels, so a model trained on
+  it separates what D_R's robust features buy from what any such change buys (noise
+  augmentation also adds robustness).
 
 A constructed set is keyed by its config, its source model's key and the code, kept in the
 model store, and built once (``built``); sweeps build every set their grid names before the
@@ -32,8 +37,8 @@ from tqdm import tqdm
 from study.norms import L2
 from study.store import ModelStore, model_key
 
-KINDS = ("robust", "non-robust", "rand", "det")
-NAMES = {None: "D", "robust": "D_R", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det"}
+KINDS = ("robust", "non-robust", "rand", "det", "shuffled")
+NAMES = {None: "D", "robust": "D_R", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det", "shuffled": "D_shuf"}
 _TINY = 1e-12
 
 
@@ -89,21 +94,46 @@ def targets(kind: str, y: torch.Tensor, n_classes: int, generator: torch.Generat
     return torch.randint(n_classes, y.shape, generator=generator).to(y.device)
 
 
+def shuffle_changes(x: torch.Tensor, matched: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """D_shuf: every x plus the change ``matched`` - x of another image (a random permutation),
+    kept in [0, 1]."""
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    return (x + (matched - x)[perm]).clamp(0, 1)
+
+
+def matched_set(cfg):
+    """The D_R whose changes a ``shuffled`` set permutes: the same matching settings."""
+    return cfg.model_copy(update={"kind": "robust"})
+
+
 def source_name(kind: str) -> str:
     """Which source model of the spec's ``features:`` section builds a set of ``kind``."""
-    return "robust" if kind == "robust" else "standard"
+    return "robust" if kind in ("robust", "shuffled") else "standard"
 
 
 def name(train_set) -> str:
-    """A set's short name: D (the dataset's own split), D_R, D_NR, D_rand eps=3, ..."""
+    """A set's short name: D (the dataset's own split), D_R, D_NR, D_rand eps=3, ..., with every
+    setting off its kind's default (D_R start=noise), so two sets never share a name."""
     if train_set is None:
         return NAMES[None]
-    return NAMES[train_set.kind] + (f" eps={train_set.eps:g}" if train_set.eps is not None else "")
+    default = type(train_set)(kind=train_set.kind, eps=train_set.eps)
+    parts = [NAMES[train_set.kind]] + ([f"eps={train_set.eps:g}"] if train_set.eps is not None else [])
+    for field in ("start", "steps", "step"):
+        value = getattr(train_set, field)
+        if value != getattr(default, field):
+            parts.append(f"{field}={value:g}" if isinstance(value, float) else f"{field}={value}")
+    return " ".join(parts)
 
 
-def construct(cfg, source: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, batch: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def construct(cfg, source: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, batch: int = 500, progress: bool = True, matched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The constructed set (x', y') of ``cfg`` (a spec.TrainSet) from training data (x, y), and
-    its statistics: target_rate / rep_reduction, l2_mean, label_agreement."""
+    its statistics: target_rate / rep_reduction, l2_mean, label_agreement. A ``shuffled`` set
+    takes its D_R's images as ``matched``."""
+    if cfg.kind == "shuffled":
+        if matched is None:
+            raise ValueError("a shuffled set needs the images of its D_R (matched)")
+        out = shuffle_changes(x, matched, torch.Generator().manual_seed(seed))
+        return out, y.clone(), {"n": len(x), "l2_mean": (out - x).flatten(1).norm(dim=1).mean().item(), "label_agreement": 1.0, "target_rate": None, "rep_reduction": None}
     was_training = source.training
     source.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -178,14 +208,14 @@ def stored(key: str, shape: tuple[int, ...], store: ModelStore, device) -> tuple
     return None if meta is None else (holder.x, holder.y, {**meta, "from_store": True})
 
 
-def built(cfg, key: str, source: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, store: ModelStore, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def built(cfg, key: str, source: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, store: ModelStore, progress: bool = True, matched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The constructed set from the store, or built now and stored. Returns (x', y', metadata)."""
     found = stored(key, tuple(x.shape), store, x.device)
     if found is not None:
         return found
     holder = _Set(tuple(x.shape)).to(x.device)
     start = time.perf_counter()
-    xs, ys, stats = construct(cfg, source, x, y, n_classes, seed, progress=progress)
+    xs, ys, stats = construct(cfg, source, x, y, n_classes, seed, progress=progress, matched=matched)
     meta = {**stats, "build_s": time.perf_counter() - start}
     holder.x.copy_(xs)
     holder.y.copy_(ys)

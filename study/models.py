@@ -20,7 +20,7 @@ from torch import nn
 from study.mc import MCDropout
 
 # Training-config fields that are model hyperparameters, passed to the factories that take them.
-MODEL_PARAMS = ("pieces", "dropout", "margin", "triplet_loss")
+MODEL_PARAMS = ("pieces", "dropout", "margin", "triplet_loss", "hidden", "channels")
 
 
 @dataclass(frozen=True)
@@ -121,26 +121,28 @@ class ChannelsLast(nn.Module):
 
 
 @register("cnn")
-def cnn(input_shape, n_classes, c1=8, c2=16, hidden=128):
-    """Small LeNet-style network: two 5x5 conv + max-pool stages, one hidden dense layer.
+def cnn(input_shape, n_classes, channels=16, hidden=128):
+    """Small LeNet-style network: two 5x5 conv + max-pool stages (channels / 2, then
+    ``channels``), one dense layer of ``hidden`` units.
 
     Sized for a 2-core laptop (96-97% on mnist-5k after 8 epochs); the attack loop's cost is
     dominated by its forward/backward passes, so width is the quickstart's main time knob."""
-    return _cnn(input_shape, n_classes, c1, c2, hidden, dropout=0.0)
+    return _cnn(input_shape, n_classes, channels, hidden, dropout=0.0)
 
 
 @register("mc-cnn")
-def mc_cnn(input_shape, n_classes, dropout=0.25, c1=8, c2=16, hidden=128):
+def mc_cnn(input_shape, n_classes, dropout=0.25, channels=16, hidden=128):
     """The cnn with MC dropout after each conv stage and the hidden layer, kept on at
     prediction: a Bayesian CNN in Gal's approximation (study.mc)."""
-    return _cnn(input_shape, n_classes, c1, c2, hidden, dropout)
+    return _cnn(input_shape, n_classes, channels, hidden, dropout)
 
 
-def _cnn(input_shape, n_classes, c1, c2, hidden, dropout):
-    channels, height, width = input_shape
+def _cnn(input_shape, n_classes, channels, hidden, dropout):
+    depth, height, width = input_shape
+    c1, c2 = max(1, channels // 2), channels
     return nn.Sequential(
         ChannelsLast(),
-        nn.Conv2d(channels, c1, 5, padding=2),
+        nn.Conv2d(depth, c1, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
         *_mc_dropout(dropout),
@@ -280,7 +282,7 @@ class Triplet(nn.Module):
 
 
 @register("triplet", objective="triplet")
-def triplet(input_shape, n_classes, margin=0.2, triplet_loss="margin", dim=32, c1=16, c2=32, hidden=128):
+def triplet(input_shape, n_classes, margin=0.2, triplet_loss="margin", dim=32, channels=32, hidden=128):
     """A triplet network: the cnn's layers as the embedding network (output ``dim``, normalised),
     classifying by nearest class centroid. ``margin`` and ``triplet_loss`` are training axes."""
-    return Triplet(_cnn(input_shape, dim, c1, c2, hidden, dropout=0.0), dim, n_classes, margin, triplet_loss)
+    return Triplet(_cnn(input_shape, dim, channels, hidden, dropout=0.0), dim, n_classes, margin, triplet_loss)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -45,15 +45,17 @@ COLUMNS = [
     ("dropout", pa.float64(), "training", "mc-cnn, mc-mlp: MC dropout rate, kept on at prediction (null: the model's default, or not an MC-dropout model)"),
     ("margin", pa.float64(), "training", "triplet: the triplet loss's margin (null: the model's default, or not a triplet model)"),
     ("triplet_loss", pa.string(), "training", "triplet: `margin` (max(0, |a - p|^2 - |a - n|^2 + margin)) or `ratio` (Hoffer & Ailon's distance ratio)"),
+    ("hidden", pa.int64(), "training", "mlp, cnn and variants: units per dense hidden layer (null: the model's default)"),
+    ("channels", pa.int64(), "training", "cnn, mc-cnn, triplet: the second conv stage's channels, the first has half (null: the model's default)"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),
     ("adv_alpha", pa.float64(), "training", "weight of the clean loss: alpha J(x) + (1 - alpha) J(x_adv)"),
-    ("train_set", pa.string(), "training", "the training set: null for the dataset's own split (D); `robust` (D_R) or `non-robust` (D_NR), rebuilt by representation matching to the robust or standard source model; `rand` (D_rand) or `det` (D_det), targeted L2 PGD on the standard source toward a random or the next class, relabelled with it (study.features)"),
+    ("train_set", pa.string(), "training", "the training set: null for the dataset's own split (D); `robust` (D_R) or `non-robust` (D_NR), rebuilt by representation matching to the robust or standard source model; `rand` (D_rand) or `det` (D_det), targeted L2 PGD on the standard source toward a random or the next class, relabelled with it; `shuffled` (D_shuf), the control for D_R: x plus another image's change in D_R (study.features)"),
     ("set_eps", pa.float64(), "training", "rand, det: L2 radius of the targeted perturbation"),
     ("set_step", pa.float64(), "training", "constructed set: L2 step length (absolute; matching's decays linearly to 0)"),
     ("set_steps", pa.int64(), "training", "constructed set: matching or targeted-PGD steps"),
-    ("set_start", pa.string(), "training", "robust, non-robust: where matching starts (`noise`: uniform noise; `other`: a random training image)"),
+    ("set_start", pa.string(), "training", "robust, non-robust, shuffled: where matching starts (`noise`: uniform noise; `other`: a random training image)"),
     ("set_key", pa.string(), "training", "store key of the constructed set (its config, source model, data, seed and code)"),
     ("set_n", pa.int64(), "training", "images in the constructed set"),
     ("set_target_rate", pa.float64(), "training", "rand, det: share of constructed images the standard source classifies as their new label"),

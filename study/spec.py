@@ -97,8 +97,8 @@ def adversarial_name(attack: str | None, norm: str | None, eps: float | None, al
     return f"{attack}-{norm}-{eps:g}" + (f"-a{alpha:g}" if alpha is not None and alpha != 0.5 else "")
 
 
-TRAIN_SETS = ("robust", "non-robust", "rand", "det")  # study.features: D_R, D_NR, D_rand, D_det
-MATCH_KINDS = ("robust", "non-robust")  # built by representation matching; rand and det by targeted PGD
+TRAIN_SETS = ("robust", "non-robust", "rand", "det", "shuffled")  # study.features: D_R, D_NR, D_rand, D_det, D_shuf
+MATCH_KINDS = ("robust", "non-robust", "shuffled")  # representation matching (shuffled: its D_R's); rand and det by targeted PGD
 
 
 class TrainSet(_Strict):
@@ -107,7 +107,9 @@ class TrainSet(_Strict):
     standard source (``steps`` normalised L2 steps of length ``step``, decaying to 0, from
     ``start``); ``rand`` / ``det``: targeted L2 PGD on the standard source (``eps``, ``step``,
     ``steps``; Ilyas et al.'s CIFAR-10 setting was eps 0.5, step 0.1, 100 steps), relabelled
-    with the target. A plain string names a kind with its defaults."""
+    with the target; ``shuffled``: the control for D_R, x plus the change x_r - x of another
+    image of the D_R with the same matching settings. A plain string names a kind with its
+    defaults."""
 
     kind: Literal[TRAIN_SETS]
     eps: Optional[PosFloat] = None  # rand, det: L2 radius (default 3: MNIST's digits lie further apart than CIFAR's images)
@@ -130,7 +132,7 @@ class TrainSet(_Strict):
             self.step = self.step or 0.5
         else:
             if self.start is not None:
-                raise ValueError(f"start: {self.kind} starts at the image itself (start is for robust and non-robust)")
+                raise ValueError(f"start: {self.kind} starts at the image itself (start is for robust, non-robust and shuffled)")
             self.eps = self.eps or 3.0
             self.steps = self.steps or 100
             self.step = self.step or self.eps / 5
@@ -151,6 +153,8 @@ class TrainConfig(_Strict):
     dropout: Optional[Annotated[float, BeforeValidator(_not_bool), Field(ge=0, lt=1)]] = None  # mc-cnn, mc-mlp: MC dropout rate
     margin: Optional[PosFloat] = None  # triplet: the triplet loss's margin between squared distances (model default when null)
     triplet_loss: Optional[Literal["margin", "ratio"]] = None  # triplet: margin loss (FaceNet) or distance ratio (Hoffer & Ailon)
+    hidden: Optional[PosInt] = None  # mlp, cnn and their variants: units per dense hidden layer (model default when null)
+    channels: Optional[PosInt] = None  # cnn, mc-cnn, triplet: the second conv stage's channels; the first has half (model default when null)
     adversarial: Optional[AdversarialTraining] = None
     train_set: Optional[TrainSet] = None  # null: the dataset's training split (D); else a constructed set
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
@@ -713,7 +717,8 @@ class FeaturesSpec(_Strict):
     evaluator. Trained before the trials, kept in the model store like any trial's model."""
 
     standard: TrainConfig = TrainConfig(model="cnn", epochs=8)
-    robust: TrainConfig = TrainConfig(model="cnn", epochs=20, adversarial=AdversarialTraining(attack="pgd", norm="linf", eps=0.2, alpha=0.0, steps=7, step_size=0.25))
+    # A wide penultimate layer: matching a narrow one leaves much of the image unconstrained.
+    robust: TrainConfig = TrainConfig(model="cnn", hidden=1024, channels=32, epochs=20, adversarial=AdversarialTraining(attack="pgd", norm="l2", eps=2.0, alpha=0.0, steps=7, step_size=0.25))
 
     @model_validator(mode="after")
     def _checks(self):
@@ -723,6 +728,9 @@ class FeaturesSpec(_Strict):
                 raise ValueError(f"{name}.model: {cfg.model} has no penultimate layer to match; a source is one of {', '.join(FEATURE_SOURCES)}")
             if cfg.train_set is not None:
                 raise ValueError(f"{name}.train_set: a source model trains on the dataset itself")
+            for param in models.MODEL_PARAMS:
+                if getattr(cfg, param) is not None and param not in models.MODELS[cfg.model].params():
+                    raise ValueError(f"{name}.{param}: model {cfg.model} takes no {param}")
         if self.standard.adversarial is not None:
             raise ValueError("standard.adversarial: the standard source is trained without an adversary")
         if self.robust.adversarial is None or self.robust.adversarial.alpha == 1:

@@ -79,6 +79,8 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         dropout=cfg.dropout,
         margin=cfg.margin,
         triplet_loss=cfg.triplet_loss,
+        hidden=cfg.hidden,
+        channels=cfg.channels,
         adv_attack=adv.attack if adv else None,
         adv_norm=adv.norm if adv else None,
         adv_eps=adv.eps if adv else None,
@@ -261,7 +263,11 @@ def prepare_features(study: StudyContext, data: Dataset) -> list[dict]:
         if which not in sources:
             sources[which] = _source(spec, which, data, store, tensors)
         key = features.set_key(spec, train_set, data.fingerprint)
-        xs, ys, meta = features.built(train_set, key, sources[which], x, y, data.n_classes, spec.seed, store)
+        matched = None
+        if train_set.kind == "shuffled":
+            of = features.matched_set(train_set)
+            matched = features.built(of, features.set_key(spec, of, data.fingerprint), sources[which], x, y, data.n_classes, spec.seed, store)[0]
+        xs, ys, meta = features.built(train_set, key, sources[which], x, y, data.n_classes, spec.seed, store, matched=matched)
         fsio.write_atomic(fs, fsio.join(base, "features", f"{key}.png"), features.sample_grid(x, xs, ys, y))
         entries.append({"name": features.name(train_set), **train_set.model_dump(mode="json"), "key": key, "source": which, **meta})
         print(f"features: {entries[-1]['name']} ({key}): {'from the store' if meta['from_store'] else 'built in %.0f s' % meta['build_s']}", flush=True)

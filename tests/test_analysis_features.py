@@ -216,6 +216,28 @@ def test_robust_margin_negative_and_within_sampling_error():
     assert mlp["margin"] == pytest.approx(0.004) and mlp["margin_lo"] < 0 and not mlp["clears_sampling_error"] and not cnn["clears_sampling_error"]
 
 
+def test_robust_margin_against_the_shuffled_control():
+    # cnn: D_R beats D (30 -> 120 of 1000) but not its control (115); mlp: D_R beats both; logreg
+    # has no control, so its control columns are null. A control of another start pairs with nothing.
+    counts = {
+        ("cnn", None): (990, 30), ("cnn", "robust"): (960, 120), ("cnn", "shuffled"): (970, 115),
+        ("mlp", None): (980, 10), ("mlp", "robust"): (950, 200), ("mlp", "shuffled"): (960, 40),
+        ("logreg", None): (900, 5), ("logreg", "robust"): (880, 9),
+    }
+    rows = []
+    for (model, kind), (clean, robust) in counts.items():
+        rows += _robustness(_trial(model, kind, start="noise" if kind == "shuffled" else None), clean, robust)
+    rows += _robustness(_trial("logreg", "shuffled", start="other"), 880, 500)
+    by = {r["model"]: r for r in features.robust_margin(_rows(rows), eps=0.3, norm="linf").iter_rows(named=True)}
+    assert by["cnn"]["clears_sampling_error"] and not by["cnn"]["clears_control"]
+    assert by["cnn"]["acc_shuf"] == 0.115 and by["cnn"]["over_shuf"] == pytest.approx(0.005)
+    assert by["cnn"]["over_shuf_lo"] < 0 < by["cnn"]["over_shuf_hi"]
+    assert by["mlp"]["clears_control"] and by["mlp"]["over_shuf"] == pytest.approx(0.16)
+    lo, hi = features.newcombe(200, 1000, 40, 1000)
+    assert (by["mlp"]["over_shuf_lo"], by["mlp"]["over_shuf_hi"]) == pytest.approx((lo, hi))
+    assert by["logreg"]["acc_shuf"] is None and by["logreg"]["clears_control"] is None
+
+
 def test_robust_margin_needs_both_sets():
     counts = {k: v for k, v in COUNTS.items() if k[1] != "robust"}
     with pytest.raises(ValueError, match="both D and D_R"):

@@ -56,6 +56,24 @@ def test_relabelled_sets(digits, kind):
     assert stats["l2_mean"] == pytest.approx(delta.mean().item(), rel=1e-5)
 
 
+def test_shuffled_control_moves_each_image_by_another_images_change(digits):
+    _, x, y, model = digits
+    cfg = TrainSet(kind="shuffled", steps=20)
+    assert (cfg.start, cfg.step) == ("other", 0.5) and features.matched_set(cfg) == TrainSet(kind="robust", steps=20)
+    with pytest.raises(ValueError, match="needs the images of its D_R"):
+        features.construct(cfg, model, x[:40], y[:40], 10, seed=0, progress=False)
+    matched = features.construct(features.matched_set(cfg), model, x[:40], y[:40], 10, seed=0, progress=False)[0]
+    xs, ys, stats = features.construct(cfg, model, x[:40], y[:40], 10, seed=3, progress=False, matched=matched)
+    assert torch.equal(ys, y[:40]) and xs.min() >= 0 and xs.max() <= 1
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(perm, torch.arange(40))
+    change = (matched - x[:40])[perm]
+    inside = ((x[:40] + change) >= 0) & ((x[:40] + change) <= 1)
+    assert inside.float().mean() > 0.3  # the check below covers many pixels
+    assert torch.allclose((xs - x[:40])[inside], change[inside], atol=1e-6)
+    assert stats["l2_mean"] == pytest.approx((xs - x[:40]).flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+
+
 def test_sets_are_stored_once_and_a_corrupt_file_is_rebuilt(digits, tmp_path, capsys):
     _, x, y, model = digits
     store = ModelStore(str(tmp_path))
@@ -81,6 +99,12 @@ def test_set_keys_follow_the_source_and_the_set():
     changed = parse_spec(_spec(["robust", "det"], robust_epochs=3))
     assert features.set_key(changed, changed.train_sets()[0], "fp") != k  # another source model
     assert features.set_key(changed, changed.train_sets()[1], "fp") == features.set_key(spec, det, "fp")  # det's source is the standard one
+
+
+def test_set_names_show_what_is_off_the_defaults():
+    sets = [TrainSet(kind="robust"), TrainSet(kind="robust", start="noise"), TrainSet(kind="shuffled", start="noise", steps=100), TrainSet(kind="det"), TrainSet(kind="rand", eps=0.5, step=0.1)]
+    assert [features.name(s) for s in sets] == ["D_R", "D_R start=noise", "D_shuf start=noise steps=100", "D_det eps=3", "D_rand eps=0.5"]
+    assert features.name(None) == "D"
 
 
 def test_sample_grid_is_a_png(digits):
@@ -110,6 +134,8 @@ def _spec(train_sets, robust_epochs=2, **extra):
         (lambda s: s["features"]["robust"].pop("adversarial"), "features.robust.adversarial: the robust source needs adversarial training"),
         (lambda s: s["features"].update(standard={"model": "logreg"}), "features.standard.model: logreg has no penultimate layer"),
         (lambda s: s["train"].pop("train_set"), "features: no training set is built"),
+        (lambda s: s["train"].update(train_set={"grid": [{"kind": "shuffled", "eps": 1}]}), "train.train_set.grid[0].eps: shuffled is built by representation matching"),
+        (lambda s: s["features"]["robust"].update(model="maxout", hidden=64), "features.robust.hidden: model maxout takes no hidden"),
     ],
 )
 def test_spec_errors(change, message):

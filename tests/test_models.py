@@ -62,9 +62,22 @@ def test_maxout_takes_the_max_of_its_pieces():
     assert net[1].linear.out_features == 240 * 3
 
 
+def test_width_axes_size_the_cnn_and_mlp():
+    net = models.build("cnn", (1, 28, 28), 10, channels=32, hidden=1024)
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32] and net[-1].in_features == 1024 and net[-3].in_features == 32 * 7 * 7
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    default = models.build("cnn", (1, 28, 28), 10)
+    assert [m.out_channels for m in default if isinstance(m, nn.Conv2d)] == [8, 16] and default[-1].in_features == 128
+    assert models.build("mlp", (1, 4, 4), 10, hidden=7)[1].out_features == 7
+    assert {"hidden", "channels"} <= models.MODELS["mc-cnn"].params() and models.MODELS["mlp"].params() == {"hidden"}
+
+
 def test_build_refuses_what_a_model_cannot_take():
     with pytest.raises(ValueError, match="takes no pieces"):
         models.build("logreg", (1, 4, 4), 10, pieces=3)
+    with pytest.raises(ValueError, match="takes no channels"):
+        models.build("mlp", (1, 4, 4), 10, channels=8)
     with pytest.raises(ValueError, match="two classes"):
         models.build("linear-svm", (1, 4, 4), 10)
 
