@@ -30,7 +30,7 @@ from scipy.stats import beta, norm as normal
 from analysis.load import eager
 
 # train_set -> set name; null is the original training set.
-NAMES = {None: "D", "robust": "D_R", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det", "shuffled": "D_shuf"}
+NAMES = {None: "D", "robust": "D_R", "shuffled": "D_shuf", "non-robust": "D_NR", "rand": "D_rand", "det": "D_det"}
 KINDS = tuple(NAMES)
 # The columns that tell two sets of one kind apart, with the names a set's name shows them by.
 SETTINGS = {"set_eps": "eps", "set_start": "start", "set_steps": "steps", "set_step": "step"}
@@ -56,7 +56,7 @@ def _rank(column: str, order: list[str] | tuple[str, ...]) -> pl.Expr:
 
 
 def _kind_rank() -> pl.Expr:
-    """A sort key of ``train_set``: D (null) first, then robust, non-robust, rand, det, shuffled, others."""
+    """A sort key of ``train_set``: D (null) first, then robust, shuffled (its control), non-robust, rand, det, others."""
     return pl.when(pl.col("train_set").is_null()).then(-1).otherwise(_rank("train_set", KINDS[1:]))
 
 
@@ -103,8 +103,8 @@ def with_set(frame: pl.DataFrame | pl.LazyFrame, name: str = "set") -> pl.DataFr
 
 
 def set_order(df: pl.DataFrame, name: str = "set") -> list[str]:
-    """The set names of a frame with ``with_set``'s column, in table order: D, D_R, D_NR,
-    D_rand, D_det, any other kind; within a kind by eps (then the other settings)."""
+    """The set names of a frame with ``with_set``'s column, in table order: D, D_R, D_shuf,
+    D_NR, D_rand, D_det, any other kind; within a kind by eps (then the other settings)."""
     key = [c for c in ("train_set", *SETTINGS) if c in df.columns]
     sets = df.select(*key, name).unique().sort(_kind_rank(), *key, name, nulls_last=True)
     return sets.get_column(name).unique(maintain_order=True).to_list()
@@ -380,7 +380,7 @@ def transfer_matrix_chart(frame: pl.DataFrame | pl.LazyFrame, eps: float | None 
     order = set_order(at)
     models = sorted(at.get_column("model").unique().to_list())
     base = alt.Chart().encode(
-        x=alt.X("set:N", title="training set", sort=order, axis=alt.Axis(labelAngle=0, labelLimit=160)),
+        x=alt.X("set:N", title="training set", sort=order, axis=alt.Axis(labelAngle=-30, labelAlign="right", labelLimit=160)),
         y=alt.Y("model:N", title="target model", sort=models),
     )
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
@@ -467,7 +467,7 @@ def accuracy_chart(
     order = set_order(rows)
     models = sorted(rows.get_column("model").unique().to_list())
     base = alt.Chart().encode(
-        x=alt.X("set:N", title="training set", sort=order, axis=alt.Axis(labelAngle=0, labelLimit=160)),
+        x=alt.X("set:N", title="training set", sort=order, axis=alt.Axis(labelAngle=-30, labelAlign="right", labelLimit=160)),
         xOffset=alt.XOffset("model:N", sort=models),
     )
     bars = base.mark_bar().encode(
