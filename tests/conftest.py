@@ -122,6 +122,11 @@ def numbers_sweep(ray_session, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def store_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "store.yaml", "store")
+
+
+@pytest.fixture(scope="session")
 def goodfellow_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, ROOT / "search_spaces" / "goodfellow-logreg.yaml", "goodfellow")
 

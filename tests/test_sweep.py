@@ -80,12 +80,12 @@ def test_perturbations_stay_within_eps(numbers_sweep):
     assert (l2["l2_mean"] <= l2["eps"] + 1e-5).all()
 
 
-def test_second_run_trains_nothing_and_gives_identical_metrics(numbers_sweep, capsys):
-    before = numbers_sweep.frame()
-    code, out = numbers_sweep.run(capsys)
+def test_second_run_trains_nothing_and_gives_identical_metrics(store_sweep, capsys):
+    before = store_sweep.frame()
+    code, out = store_sweep.run(capsys)
     assert code == 0
     assert "models: 0 trained, 2 from the store" in out
-    after = numbers_sweep.frame()
+    after = store_sweep.frame()
     assert after["from_store"].all()
     cols = ["row_key", "clean_acc", "robust_acc", "success_rate", "l2_mean", "linf_mean"]
     assert before.select(cols).sort("row_key").equals(after.select(cols).sort("row_key"))
@@ -111,16 +111,16 @@ def test_shipped_specs_validate(name):
     assert spec.expected_rows() is None or spec.expected_rows() > spec.n_trials()
 
 
-def test_corrupt_stored_model_is_retrained_not_used(numbers_sweep, capsys):
-    before = numbers_sweep.frame()
-    stored = sorted((numbers_sweep.results.parent / "store" / "models").glob("*.pt"))
+def test_corrupt_stored_model_is_retrained_not_used(store_sweep, capsys):
+    before = store_sweep.frame()
+    stored = sorted((store_sweep.results.parent / "store" / "models").glob("*.pt"))
     assert len(stored) == 2
     stored[0].write_bytes(stored[0].read_bytes()[:1000])  # a truncated checkpoint
-    code, out = numbers_sweep.run(capsys)
+    code, out = store_sweep.run(capsys)
     assert code == 0
     assert "models: 1 trained, 1 from the store" in out
     cols = ["row_key", "robust_acc"]
-    assert before.select(cols).sort("row_key").equals(numbers_sweep.frame().select(cols).sort("row_key"))
+    assert before.select(cols).sort("row_key").equals(store_sweep.frame().select(cols).sort("row_key"))
 
 
 def test_random_search_samples_training_axes(ray_session, tmp_path, capsys):
