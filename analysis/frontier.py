@@ -2,8 +2,8 @@
 
 Every function takes result rows (a polars DataFrame or LazyFrame, e.g. ``analysis.load``)
 and returns an eager DataFrame. A model is a ``trial_id``; an evaluation point is a value of
-study.results.KEY_COLUMNS (evaluator, attack, norm, eps, steps, step_size, restarts), so curves
-of the same attack run with different step counts never mix.
+study.results.KEY_COLUMNS (evaluator, attack, attack_options, ensemble, cascade, norm, eps, ...),
+so curves of the same attack run with different settings never mix.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ def pareto(frame: pl.DataFrame | pl.LazyFrame, x: str = "clean_acc", y: str = "r
     with ``x`` or ``y`` null or NaN is off the frontier and dominates nothing.
     """
     df = eager(frame).with_row_index("_row")
-    point = _present(df, EVAL_POINT)
+    # A frame without evaluation-point columns (a notebook's own selection) is one point.
+    point = _present(df, EVAL_POINT) or ["_point"]
     scored = (
-        df.select("_row", *point, pl.col(x, y).fill_nan(None))
+        df.with_columns(_point=pl.lit(0))
+        .select("_row", *point, pl.col(x, y).fill_nan(None))
         .drop_nulls([x, y])
         # Within each evaluation point, rows now come in order of decreasing x.
         .sort(x, descending=True)

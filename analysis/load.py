@@ -13,6 +13,7 @@ import os
 import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from study import fsio, results
 from study.spec import adversarial_name
@@ -61,6 +62,16 @@ def read_manifest(uri: str | os.PathLike) -> dict | None:
     fs, base = fsio.resolve(os.fspath(uri))
     path = fsio.join(base, "manifest.json")
     return json.loads(fsio.read_bytes(fs, path)) if fsio.exists(fs, path) else None
+
+
+def read_artifact(uri: str | os.PathLike, name: str) -> pl.DataFrame | None:
+    """Every trial's artifact ``name`` (study.artifacts) in one frame, or None when no trial wrote one."""
+    fs, base = fsio.resolve(os.fspath(uri))
+    infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "artifacts", name), allow_not_found=True))
+    files = sorted(f.path for f in infos if f.extension == "parquet" and not f.base_name.startswith(".tmp-"))
+    if not files:
+        return None
+    return pl.from_arrow(pa.concat_tables([pq.read_table(f, filesystem=fs) for f in files]))
 
 
 def eager(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:

@@ -21,9 +21,9 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, epsilon, features, frontier, gaussian, images, natural, tilting, uncertainty
-from analysis.load import TRAINING_AXES, ResultsError, load, read_manifest
-from study import artifacts, fsio
+from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, tilting, uncertainty
+from analysis.load import TRAINING_AXES, ResultsError, load, read_artifact, read_manifest
+from study import fsio
 from study.spec import DISTANCE_NORMS
 
 ARTIFACTS = (
@@ -57,7 +57,7 @@ def _varying(df: pl.DataFrame) -> list[str]:
 
 def read_artifacts(results: str) -> dict[str, pl.DataFrame]:
     """The per-trial artifacts the report draws (``study.artifacts``), by name; absent ones left out."""
-    found = {name: artifacts.read(results, name) for name in ARTIFACTS}
+    found = {name: read_artifact(results, name) for name in ARTIFACTS}
     return {name: frame for name, frame in found.items() if frame is not None and not frame.is_empty()}
 
 
@@ -467,6 +467,21 @@ def _robustness_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
         ("Best robust accuracy", "The most robust model at each norm, attack and eps > 0.", best),
         ("Area under the robustness curve", "Mean robust accuracy over [0, eps max] of each norm (trapezoid rule), per model and attack.", area),
     ]
+    log = evaluation.attack_log(df)
+    if not log.is_empty():
+        out.append((
+            "Per-attack log",
+            "Points each attack broke at each norm and eps, summed over the models (models: how many); in a cascade (AutoAttack's way) the points it broke that no earlier attack had, "
+            "so a late attack that breaks many is a warning. worst: every point broken.",
+            log,
+        ))
+    signs = evaluation.evaluation_warnings(df)
+    out.append((
+        "Signs of a broken evaluation",
+        "Checked: a black-box attack breaking points the gradient attacks left robust; a scale-invariant (DLR) loss breaking far more than cross-entropy; robust accuracy above 0 at Linf eps 1; "
+        "more iterations raising robust accuracy; robust accuracy rising with eps (docs/evaluation.md).",
+        pl.DataFrame({"warning": signs or ["none found"]}),
+    ))
     conf = df.filter(pl.col("eps") > 0, pl.col("attack") != "worst", pl.col("adv_confidence_mean").is_not_null())
     if not conf.is_empty():
         # At the largest eps of each attack and norm: one column each keeps the table narrow.

@@ -56,6 +56,7 @@ from study.attacks.gradient import frozen  # noqa: E402
 from study.data import load  # noqa: E402
 from study.evaluators.robustness import attack_each_eps_separately, attack_grid  # noqa: E402
 from study.norms import L2, Linf  # noqa: E402
+from study.rng import PointRNG  # noqa: E402
 from study.spec import DataSpec, TrainConfig  # noqa: E402
 from study.train import init_model, predict, train  # noqa: E402
 
@@ -161,9 +162,8 @@ def throughput(name, model, x, y) -> list[dict]:
     rows = [dict(model=name, attack=f"bare {BARE_STEPS} x fwd+bwd", norm="-", eps=None, images_s=n / bare_s,
                  time_s=bare_s, vs_bare=1.0, robust_acc=None)]
     for label, attack_name, steps, norm, eps in SINGLE_ATTACKS:
-        attack = attacks.make(attack_name, steps=steps)
-        gen = torch.Generator().manual_seed(0)
-        res, t = timed(attack.run, model, x, y, eps, norm, early_stop=False, generator=gen)
+        attack = attacks.make(attack_name, **({"steps": steps} if attack_name != "fgsm" else {}))
+        res, t = timed(attack.run, model, x, y, eps, norm, early_stop=False, rng=PointRNG.for_points(0, n))
         rows.append(dict(model=name, attack=label, norm=norm.name, eps=eps, images_s=n / t, time_s=t,
                          vs_bare=t / (step_s * attack.steps), robust_acc=robust_acc(model, res.x_adv, x, y)))
     return rows
@@ -177,9 +177,9 @@ def grid_vs_separate(name, model, x, y):
     n_correct = len(yc)
     timing, accs = [], []
     for label, attack_name, steps in GRID_ATTACKS:
-        attack = attacks.make(attack_name, steps=steps)
+        attack = attacks.make(attack_name, **({"steps": steps} if attack_name != "fgsm" else {}))
         with counting_rows(model) as ours_rows:
-            (ours, _), ours_s = timed(attack_grid, model, xc, yc, LINF_GRID, Linf, attack, torch.Generator().manual_seed(0))
+            (ours, _, _), ours_s = timed(attack_grid, model, xc, yc, LINF_GRID, Linf, attack, PointRNG.for_points(0, n_correct))
         with counting_rows(model) as sep_rows:
             sep, sep_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, 0)
         _, sep256_s = timed(attack_each_eps_separately, model, xc, yc, LINF_GRID, Linf, attack, 0, SEPARATE_BATCH)

@@ -1,9 +1,13 @@
-"""Run a study: ``python -m jobs.sweep SPEC [--results URI] [--resume] [--dry-run]``.
+"""Run a study: ``python -m jobs.sweep SPEC [--results URI] [--resume] [--overwrite] [--dry-run]``.
 
 The same command runs on a laptop (embedded Ray) and as the ``ray job submit`` entry point
-(``ray.init()`` honours RAY_ADDRESS). Exit status: 0 done, 1 some trial failed, 2 bad input.
-``--resume`` continues an interrupted sweep from Tune's experiment state under
-``<results>/tune/<study>``: finished trials are not run again.
+(``ray.init()`` honours RAY_ADDRESS). Exit status: 0 done, 1 some trial failed or rows are
+missing, 2 bad input. ``--resume`` continues an interrupted sweep from Tune's experiment state
+under ``<results>/tune/<study>``: finished trials are not run again.
+
+A results folder belongs to one study (its spec's ``name``): a new run of that study replaces
+the folder's earlier rows (its models stay in the store), so results and a report made while it
+runs show only this run's rows; another study's folder is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def parse_args(argv):
     p.add_argument("spec", help="search space YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--results", help="results folder or URI (overrides the spec's `results`)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this spec and results folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of another study in the results folder")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     return p.parse_args(argv)
 
@@ -50,7 +55,33 @@ def prepare(args) -> tuple[StudySpec, data.Dataset]:
         raise SpecError(f"{args.spec}: {problem}")
     if args.resume:
         check_resumable(spec, args.spec)
+    elif not args.overwrite:
+        check_folder(spec, args.spec)
     return spec, ds
+
+
+# What a run writes besides Tune's state and the per-sweep builds (generative/, features/): a
+# fresh run removes them first, so nothing an earlier run left is merged or reported with its rows.
+RUN_OUTPUTS = ("trials", "study", "artifacts", "results.parquet", "manifest.json")
+
+
+def check_folder(spec: StudySpec, spec_path: str) -> None:
+    """A results folder holds one study's results: another study's is refused (not merged)."""
+    fs, base = fsio.resolve(absolute(spec.results_uri))
+    saved = fsio.join(base, SPEC_FILE)
+    owner = json.loads(fsio.read_bytes(fs, saved)).get("name") if fsio.exists(fs, saved) else None
+    if owner == spec.name:
+        return
+    if owner is not None or any(fsio.exists(fs, fsio.join(base, o)) for o in RUN_OUTPUTS):
+        held = f"study {owner!r}" if owner else "results of an unknown study"
+        raise SpecError(f"{spec_path}: the results folder {spec.results_uri} holds {held}; run with --overwrite to replace them, or choose another --results")
+
+
+def clear_outputs(fs, base: str) -> None:
+    for name in RUN_OUTPUTS:
+        path = fsio.join(base, name)
+        fsio.remove_tree(fs, path)
+        fsio.remove(fs, path)
 
 
 def experiment_path(spec: StudySpec) -> str:
@@ -129,6 +160,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     results_uri, store_uri = absolute(spec.results_uri), absolute(spec.store_uri)
     fs, base = fsio.resolve(results_uri)
     if not resume:
+        clear_outputs(fs, base)
         fsio.write_atomic(fs, fsio.join(base, SPEC_FILE), json.dumps(spec.model_dump(mode="json"), indent=2).encode())
         fsio.remove(fs, fsio.join(base, search.PARETO_FILE))  # a fresh search starts a fresh Pareto set
     # Per-epoch reports carry training metrics only; robustness metrics come with the final one.
@@ -178,17 +210,22 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
 
     trials = [trial_record(r, since=run_started) for r in grid]
     finished = [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
-    study_rows = ()
+    study_rows, n_study = (), 0
     if any(e.evaluator in STUDY_EVALUATORS for e in spec.evaluate) and finished:
         configs = [spec.resolve(spec.decode(r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
         names = ", ".join(e.evaluator for e in spec.evaluate if e.evaluator in STUDY_EVALUATORS)
         print(f"{names}: over the {len(configs)} models of the study", flush=True)
         # A Ray task with a trial's resources: on a cluster it runs on a worker, not the head.
         task = ray.remote(run_study_evaluators).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
-        ray.get(task.remote(context, ds, configs))
-        study_rows = STUDY_EVALUATORS
+        n_study = ray.get(task.remote(context, ds, configs))
+        study_rows = tuple(e.evaluator for e in spec.evaluate if e.evaluator in STUDY_EVALUATORS and e.evaluator != "gaussian")
     pareto = search.read_pareto(results_uri) if spec.search.kind == "optuna" else None
     results_path, table = results.compact(results_uri, finished, pareto=pareto, study_rows=study_rows)
+    # Every row a trial or study evaluator computed has its own key, so compaction keeps them all
+    # (a config a search picked twice is one trial id: the same rows, counted once).
+    per_trial = {t["trial_id"]: t["rows"] or 0 for t in trials if t["status"] == "TERMINATED"}
+    expected = sum(per_trial.values()) + n_study
+    lost = expected - table.num_rows
     manifest = {
         "study": spec.name,
         "spec_file": spec_path,
@@ -213,7 +250,9 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     failed = [t for t in trials if t["status"] == "ERROR"]
     for t in failed:
         print(f"trial failed: {t['label'] or t['trial_id']}: {t['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    if lost:
+        print(f"rows: {table.num_rows} in results.parquet, {expected} computed: {lost} rows share a key with another", file=sys.stderr)
+    return 1 if failed or lost else 0
 
 
 def trial_record(r, since: int) -> dict:
@@ -242,6 +281,7 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
     from analysis import epsilon, natural, uncertainty
+    from analysis.evaluation import attack_log, evaluation_warnings
     from analysis.frontier import best_per_point
 
     df = pl.from_arrow(table)
@@ -256,11 +296,21 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     rec = df.filter(pl.col("evaluator") == "reconstruction")
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         if rob.height:
-            best = best_per_point(rob).select(
-                "norm", "attack", "eps", pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
+            best = best_per_point(rob.filter(pl.col("attack") == "worst")).select(
+                "norm", "eps", pl.col("ensemble").alias("attacks"), pl.col("robust_acc").round(3), pl.col("clean_acc").round(3), pl.col("label").alias("best model")
             )
-            print("\nBest robust accuracy per norm / attack / eps (worst = the point must survive every attack):")
+            print("\nBest robust accuracy per norm / eps (worst case over the attacks: a point counts only if it survives every one):")
             print(best)
+            log = attack_log(rob)
+            if log.height:
+                print("\nPoints each attack broke, summed over the models (in a cascade: those no earlier attack had broken):")
+                print(log.drop("ensemble", "cascade") if log.get_column("ensemble").n_unique() == 1 else log)
+            signs = evaluation_warnings(rob)
+            print("\nSigns of a broken evaluation: " + ("none" if not signs else f"{len(signs)}"))
+            for line in signs[:20]:
+                print(f"  WARNING {line}")
+            if len(signs) > 20:
+                print(f"  ... and {len(signs) - 20} more (analysis.evaluation.evaluation_warnings)")
         if geo.height:
             print("\nGeometry: tilting angle and median minimal L2 perturbation (box-constrained closed form, else PGD bisection):")
             print(

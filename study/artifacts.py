@@ -4,15 +4,12 @@ Some evaluations produce more than one row of numbers per evaluation point: the 
 of hundreds of images onto a tilting plane, the pixels of a perturbation. They are written as
 ``artifacts/<name>/<trial_id>.parquet`` under the study's results URI, atomically and before
 the trial's rows (which mark the trial done), so a resumed sweep never sees half of them.
-``read`` returns one polars frame per artifact name over every trial.
+``analysis.load.read_artifact`` reads one name over every trial.
 """
 
 from __future__ import annotations
 
-import polars as pl
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from study import fsio
 from study.results import parquet_bytes
@@ -26,13 +23,3 @@ def write(results_uri: str, name: str, trial_id: str, columns: dict) -> str:
     path = fsio.join(base, "artifacts", name, f"{trial_id}.parquet")
     fsio.write_atomic(fs, path, parquet_bytes(table))
     return path
-
-
-def read(results_uri: str, name: str) -> pl.DataFrame | None:
-    """Every trial's artifact ``name`` in one frame, or None when no trial wrote one."""
-    fs, base = fsio.resolve(results_uri)
-    infos = fs.get_file_info(pafs.FileSelector(fsio.join(base, "artifacts", name), allow_not_found=True))
-    files = sorted(f.path for f in infos if f.extension == "parquet" and not f.base_name.startswith(".tmp-"))
-    if not files:
-        return None
-    return pl.from_arrow(pa.concat_tables([pq.read_table(f, filesystem=fs) for f in files]))

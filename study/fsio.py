@@ -49,6 +49,12 @@ def remove(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_file(path)
 
 
+def remove_tree(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a folder and everything in it, if it is there."""
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()

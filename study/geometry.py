@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from study import attacks, norms
+from study import attacks, box_projection, norms
+from study.rng import PointRNG
 from study.train import predict
 
 # PGD for bisection moves 5 / steps * eps a step (0.1 * eps at steps = 50; Madry's default is
@@ -60,50 +61,14 @@ def min_perturbation_free(w: torch.Tensor, b, x: torch.Tensor, norm_name: str) -
 
 
 def min_perturbation_box(w: torch.Tensor, b, x: torch.Tensor, norm_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest perturbation taking each x onto w.x + b = 0 while x + delta stays in [0, 1]^d.
-
-    Pixel i moves toward the boundary (against s * w_i, s = sign f(x)) by at most its room in
-    the box. Linf: delta_i = -s sign(w_i) min(eps, room_i), the smallest such eps. L2 (KKT):
-    delta_i = clip(-s t w_i) to the box, the smallest such t >= 0. Both reduce f by a piecewise
-    linear function of eps or t, solved exactly. Returns (dist (N,), delta shaped like x); a
-    point that cannot reach the boundary inside the box gets dist = inf and the largest move.
-    """
+    """Smallest perturbation taking each x onto w.x + b = 0 while x + delta stays in [0, 1]^d
+    (study.box_projection). Returns (dist (N,), delta shaped like x); a point that cannot reach
+    the boundary inside the box gets dist = inf and the largest move."""
     norm = norms.get(norm_name)
     flat, w64, f = _affine(w, b, x)
-    step = -f.sign()[:, None] * w64.sign()  # +1: the pixel goes up, -1: down, 0: it cannot help
-    room = torch.where(step > 0, 1 - flat, flat)
-    size = w64.abs().expand_as(flat)
-    if norm.name == "linf":  # pixel i moves min(eps, room_i), at rate |w_i|
-        rate, knee, speed = size, room, 1.0
-    else:  # pixel i moves min(t |w_i|, room_i), at rate w_i^2
-        rate, knee, speed = size**2, room / size, size
-    t = _solve_saturating(rate, torch.where(rate > 0, knee, 0), f.abs())
-    move = torch.where(rate > 0, torch.minimum(t[:, None] * speed, room), 0.0)
-    delta = (flat + step * move).clamp(0, 1) - flat
-    dist = torch.where(t.isinf(), math.inf, norm.measure(delta))
+    delta, reachable = box_projection.step_to_hyperplane(flat, w64.expand_as(flat), f, norm.name)
+    dist = torch.where(reachable, norm.measure(delta), math.inf)
     return dist.to(x.dtype), delta.reshape(x.shape).to(x.dtype)
-
-
-def _solve_saturating(rate: torch.Tensor, knee: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per row, the smallest t >= 0 with g(t) = sum_i rate_i * min(t, knee_i) = target (inf if
-    none): g is piecewise linear, so sort the knees and solve on the segment that reaches it."""
-    knee, order = knee.sort(dim=1)
-    rate = rate.gather(1, order)
-    zero = torch.zeros_like(rate[:, :1])
-    done = (rate * knee).cumsum(1)  # sum over the knees passed, at each knee
-    # Rates still growing at each knee, summed from the far end: as a total minus a running sum,
-    # rounding would leave ~1e-17 where the true tail is ~1e-89 (near-zero weights of pixels that
-    # are always 0), and that times their huge knees swamps g.
-    growing = rate.flip(1).cumsum(1).flip(1)  # sum of rate_j for j >= i
-    tail = torch.cat([growing[:, 1:], zero], 1)
-    at_knee = done + knee * tail  # g at each knee (nondecreasing)
-    k = (at_knee < target[:, None]).sum(1, keepdim=True)  # the first knee where g >= target
-    reachable = k[:, 0] < knee.shape[1]
-    k = k.clamp(max=knee.shape[1] - 1)
-    before = torch.cat([zero, done[:, :-1]], 1).gather(1, k)[:, 0]  # the saturated part of g on that segment
-    slope = growing.gather(1, k)[:, 0]
-    t = torch.where(target > 0, (target - before) / slope, 0.0)
-    return torch.where(reachable, t, math.inf)
 
 
 def minimal_eps_bisection(
@@ -116,14 +81,14 @@ def minimal_eps_bisection(
     iters: int = 14,
     steps: int = 50,
     restarts: int = 1,
-    generator: torch.Generator | None = None,
+    rng: PointRNG | None = None,
     max_rows: int | None = None,
 ) -> torch.Tensor:
     """Per-point minimal adversarial eps (N,) of any differentiable classifier, by bisection.
 
     Each point keeps its own bracket [lo, hi] (``hi`` a float or (N,) tensor); each round is one
     batched PGD run (``steps`` steps of BISECTION_TRAVEL / steps * eps, ``restarts`` random
-    starts) at the midpoints. A success lowers hi to the distance of the adversarial
+    starts, drawn from ``rng``, a PointRNG of the points, per round) at the midpoints. A success lowers hi to the distance of the adversarial
     found, a failure raises lo. Returns the final hi, the distance of an adversarial example;
     0 for points misclassified at x, inf for points PGD cannot fool at ``hi``.
     """
@@ -134,20 +99,22 @@ def minimal_eps_bisection(
     correct = predict(model, x) == y
     upper[~correct] = 0
 
-    def attack_at(live, eps):
+    rng = rng if rng is not None else PointRNG.for_points(0, len(x), x.device)
+
+    def attack_at(live, eps, round_):
         """Attack points ``live`` at radii ``eps``: which were fooled, and the distance found."""
-        if not len(live):  # an empty batch has nothing to attack (and L2 cannot sample for it)
+        if not len(live):  # an empty batch has nothing to attack
             return torch.zeros_like(eps, dtype=torch.bool), eps
-        res = attack.run(model, x[live], y[live], eps, norm, generator=generator, max_rows=max_rows)
+        res = attack.run(model, x[live], y[live], eps, norm, rng=rng[live].fold(round_), max_rows=max_rows)
         return res.fooled, torch.minimum(eps, norm.measure(res.x_adv - x[live]))
 
     live = correct.nonzero().squeeze(1)
-    fooled, found = attack_at(live, upper[live])
+    fooled, found = attack_at(live, upper[live], 0)
     upper[live] = torch.where(fooled, found, math.inf)
     live = live[fooled]
-    for _ in range(iters):
+    for round_ in range(1, iters + 1):
         mid = (lower[live] + upper[live]) / 2
-        fooled, found = attack_at(live, mid)
+        fooled, found = attack_at(live, mid, round_)
         upper[live] = torch.where(fooled, found, upper[live])
         lower[live] = torch.minimum(torch.where(fooled, lower[live], mid), upper[live])
     return upper

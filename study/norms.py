@@ -1,8 +1,9 @@
 """Threat-model geometry: one small object per norm.
 
 Every method takes a per-sample ``eps`` tensor of shape (N,), so one batched call covers a
-whole epsilon grid (each row of the batch may carry its own radius). Adding a norm touches
-this file only: write the four methods and register it in ``NORMS``.
+whole epsilon grid (each row of the batch may carry its own radius). Random draws come from a
+``study.rng.PointRNG``, so a point's draw does not depend on its batch or device. Adding a norm
+touches this file only: write the methods and register it in ``NORMS``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 
 import torch
 
-_TINY = 1e-12
+from study.rng import PointRNG
 
 
 def _per_sample(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -21,9 +22,9 @@ def _per_sample(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _Norm:
     @classmethod
-    def random_start(cls, shape, eps, generator=None) -> torch.Tensor:
+    def random_start(cls, rng: PointRNG, shape, eps: torch.Tensor, *tags) -> torch.Tensor:
         """A point uniform in each row's eps-ball (the unit-ball sample scaled by eps)."""
-        u = cls.unit_ball_sample(shape, generator, eps.dtype, eps.device)
+        u = cls.unit_ball_sample(rng, shape, *tags, dtype=eps.dtype)
         return u * _per_sample(eps, u)
 
 
@@ -41,9 +42,9 @@ class Linf(_Norm):
         return grad.sign()
 
     @staticmethod
-    def unit_ball_sample(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
-        # The Linf ball is a cube: independent uniform coordinates fill it uniformly.
-        return torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1
+    def unit_ball_sample(rng: PointRNG, shape, *tags, dtype=torch.float32) -> torch.Tensor:
+        """(N, *shape): the Linf ball is a cube, so independent uniform coordinates fill it."""
+        return rng.uniform(shape, "linf-ball", *tags, dtype=dtype) * 2 - 1
 
     @staticmethod
     def measure(delta: torch.Tensor) -> torch.Tensor:
@@ -57,21 +58,28 @@ class L2(_Norm):
     @staticmethod
     def project(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         norms = delta.flatten(1).norm(dim=1)
-        factor = torch.clamp(eps.to(delta) / norms.clamp_min(_TINY), max=1.0)
+        factor = torch.where(norms > eps.to(delta), eps.to(delta) / norms, torch.ones_like(norms))
         return delta * _per_sample(factor, delta)
 
     @staticmethod
     def ascent_direction(grad: torch.Tensor) -> torch.Tensor:
-        norms = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
-        return grad / _per_sample(norms, grad)
+        """grad / ||grad||_2, and 0 where the gradient is 0. The gradient is first scaled by its
+        largest entry: a confident float32 model's gradient can be so small that its squared
+        norm underflows, and its direction must not shrink with it."""
+        flat = grad.flatten(1)
+        top = flat.abs().amax(dim=1, keepdim=True)
+        scaled = flat / torch.where(top > 0, top, torch.ones_like(top))
+        norms = scaled.norm(dim=1, keepdim=True)
+        return (scaled / torch.where(norms > 0, norms, torch.ones_like(norms))).view_as(grad)
 
     @staticmethod
-    def unit_ball_sample(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
-        # Uniform in the ball, not on a uniform radius: a Gaussian direction, radius U^(1/d).
-        g = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-        d = math.prod(shape[1:])
-        direction = g / _per_sample(g.flatten(1).norm(dim=1).clamp_min(_TINY), g)
-        radius = torch.rand(shape[0], generator=generator, dtype=dtype, device=device) ** (1.0 / d)
+    def unit_ball_sample(rng: PointRNG, shape, *tags, dtype=torch.float32) -> torch.Tensor:
+        """(N, *shape) uniform in the ball, not on a uniform radius: a Gaussian direction, radius
+        U^(1/d)."""
+        g = rng.normal(shape, "l2-direction", *tags, dtype=dtype)
+        d = math.prod(shape)
+        direction = L2.ascent_direction(g)
+        radius = rng.uniform((), "l2-radius", *tags, dtype=dtype) ** (1.0 / d)
         return direction * _per_sample(radius, g)
 
     @staticmethod

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -63,12 +63,17 @@ COLUMNS = [
     ("set_l2_mean", pa.float64(), "training", "constructed set: mean ||x' - x||_2 between a constructed image and the image it rebuilds"),
     ("set_label_agreement", pa.float64(), "training", "constructed set: share of its labels equal to the original label (D_rand: about 1/C; D_det: 0)"),
     ("evaluator", pa.string(), "evaluation", "evaluator name (robustness, ...)"),
-    ("attack", pa.string(), "evaluation", "attack name, or `worst`: robust only if the point survives every attack"),
+    ("attack", pa.string(), "evaluation", "attack name, or `worst`: robust only if the point survives every attack of the evaluator entry"),
+    ("attack_options", pa.string(), "evaluation", "the attack with every setting, defaults included, e.g. `pgd(steps=20,step_size=0.125,restarts=1)`; for `worst`, every attack of the ensemble, `; `-separated"),
+    ("ensemble", pa.string(), "evaluation", "robustness: the attacks of the evaluator entry in running order, e.g. `apgd-ce+apgd-t+fab-t+square` (their settings: the `worst` row's attack_options)"),
+    ("cascade", pa.bool_(), "evaluation", "robustness: each attack only attacked the points every earlier one left robust (AutoAttack's way); its `robust_acc` is then the ensemble's after it, and `broken` what it added"),
     ("norm", pa.string(), "evaluation", "threat-model norm (linf, l2)"),
     ("eps", pa.float64(), "evaluation", "attack radius in that norm (inputs in [0, 1])"),
     ("steps", pa.int64(), "evaluation", "attack iterations (1 for FGSM)"),
     ("step_size", pa.float64(), "evaluation", "step size relative to eps"),
-    ("restarts", pa.int64(), "evaluation", "random restarts (PGD, APGD)"),
+    ("restarts", pa.int64(), "evaluation", "random restarts (PGD, APGD, FAB, Square)"),
+    ("targets", pa.int64(), "evaluation", "apgd-t, fab-t: how many of the most likely other classes are targeted, one run each"),
+    ("queries_budget", pa.int64(), "evaluation", "square: queries per point and eps (the full budget; see attack_options for a probe)"),
     ("kappa", pa.float64(), "evaluation", "cw: confidence kappa, the logit margin by which a wrong class must win (`steps` are its Adam steps per c, `step_size` its learning rate)"),
     ("search_steps", pa.int64(), "evaluation", "cw: rounds of the binary search over c"),
     ("eot_samples", pa.int64(), "evaluation", "stochastic models: MC samples per attack query (expectation over transformation); null for deterministic models"),
@@ -87,7 +92,8 @@ COLUMNS = [
     ("n_eval", pa.int64(), "metric", "number of evaluation points"),
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
-    ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled"),
+    ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled (in a cascade: the ensemble so far)"),
+    ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
     ("l2_mean", pa.float64(), "metric", "mean L2 norm of the successful perturbations (null if none)"),
     ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),
     ("linf_mean", pa.float64(), "metric", "mean Linf norm of the successful perturbations"),
@@ -114,7 +120,7 @@ COLUMNS = [
     ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
     ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space)"),
     ("latent_dist_median", pa.float64(), "metric", "natural: median latent distance"),
-    ("queries_mean", pa.float64(), "metric", "natural: mean classifier queries spent per searched point (found or not)"),
+    ("queries_mean", pa.float64(), "metric", "natural, square: mean classifier queries spent per searched point (found or not)"),
     ("queries_median", pa.float64(), "metric", "natural: median classifier queries per searched point"),
     ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
     ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
@@ -146,7 +152,7 @@ COLUMNS = [
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
 # The evaluation axes that, with trial_id, identify a row.
 KEY_COLUMNS = (
-    "evaluator", "attack", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples",
+    "evaluator", "attack", "attack_options", "ensemble", "cascade", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples",
     "latent_search", "latent_samples", "latent_rounds", "latent_dr", "per_class", "eps_quantile", "eps_fraction", "eps_rule", "embed_eps",
     "source_trial_id",
 )

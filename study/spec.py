@@ -20,35 +20,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from study import models
+from study import attacks, models
 from study.attacks import ATTACKS
 from study.attacks.latent import KINDS as LATENT_KINDS
+from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
+from study.attacks.presets import PRESETS
 from study.norms import NORMS
+from study.types import Distinct, NonNegFloat, PosFloat, PosInt, _not_bool
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "digits")
-INPUT_ATTACKS = ATTACKS + ("natural",)  # input sets: the pixel-space attacks and natural adversaries
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
-
-
-def _not_bool(v):
-    # pydantic would read `true` as 1; a boolean where a number belongs is a mistake in a spec.
-    if isinstance(v, bool):
-        raise ValueError("must be a number, not true/false")
-    return v
-
-
-def _distinct(v):
-    if len(set(v)) != len(v):
-        raise ValueError("values must be distinct")
-    return v
-
-
-Distinct = AfterValidator(_distinct)
-NonNegFloat = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
-PosFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
-PosInt = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
 
 
 class SpecError(ValueError):
@@ -83,10 +66,18 @@ class AdversarialTraining(_Strict):
     step_size: Optional[PosFloat] = None  # relative to eps
 
     @model_validator(mode="after")
-    def _linf_box(self):
+    def _checks(self):
         if self.norm == "linf" and self.eps > 1:
             raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        try:
+            attacks.make(self.attack, **self.attack_options())
+        except attacks.OptionError as e:
+            raise ValueError(str(e)) from None
         return self
+
+    def attack_options(self) -> dict:
+        """The options set here (the attack's published defaults for the rest)."""
+        return {k: v for k, v in (("steps", self.steps), ("step_size", self.step_size)) if v is not None}
 
 
 def adversarial_name(attack: str | None, norm: str | None, eps: float | None, alpha: float | None) -> str:
@@ -189,57 +180,133 @@ class NormAxes(_Strict):
     eps: Annotated[list[NonNegFloat], Field(min_length=1), Distinct]
 
 
-class CWOptions(_Strict):
-    """Carlini-Wagner L2 (study.attacks.cw)."""
+def _linf_bound(eps, where: str):
+    """Inputs lie in [0, 1]: a Linf radius above 1 is a typo, not a threat model."""
+    for i, e in enumerate(eps):
+        if e > 1:
+            raise ValueError(f"{where}[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
 
-    steps: PosInt = 100  # Adam steps per value of c
-    lr: PosFloat = 0.1  # Adam learning rate in tanh space
-    search_steps: PosInt = 5  # binary-search rounds over c
-    confidence: NonNegFloat = 0.0  # kappa: required logit margin of the wrong class
-    initial_c: PosFloat = 0.1
 
-    def attack_options(self) -> dict:
-        return dict(steps=self.steps, step_size=self.lr, search_steps=self.search_steps, confidence=self.confidence, initial_c=self.initial_c)
+class AttackSpec(_Strict):
+    """One attack: its name (its published defaults), or ``{name: pgd, steps: 20}`` with its own
+    options (study.attacks: each factory's keywords)."""
+
+    name: Literal[ATTACKS]
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data):
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "options" not in data:
+            options = {"options": {k: v for k, v in data.items() if k != "name"}}
+            return {"name": data["name"], **options} if "name" in data else options
+        return data
+
+    @model_validator(mode="after")
+    def _options(self):
+        try:
+            resolved = attacks.make(self.name, **self.options).options()
+        except attacks.OptionError as e:
+            raise ValueError(str(e)) from None
+        # Stored resolved: the spec file, rows and keys then say every setting, defaults included.
+        self.options = resolved
+        return self
+
+    def build(self):
+        return attacks.make(self.name, **self.options)
+
+    def describe(self) -> str:
+        """``pgd(steps=20,step_size=0.125,restarts=1)``: the attack and every setting."""
+        return f"{self.name}(" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options.items() if v is not None) + ")"
+
+
+_SHARED_OPTIONS = ("steps", "step_size", "restarts", "cw")
+
+
+def _own_options(data, attack_field: str, example: str):
+    """Attack options once lived beside the attack; now each attack carries its own."""
+    if isinstance(data, dict):
+        for name in _SHARED_OPTIONS:
+            if name in data:
+                example = "{name: cw, confidence: 2, search_steps: 3}" if name == "cw" else example
+                raise ValueError(f"{name}: each attack takes its own options, e.g. {attack_field}: {example}")
+    return data
 
 
 class RobustnessEval(_Strict):
+    """Robust accuracy under each attack at each (norm, eps), and the `worst` case per point over
+    them (study.evaluators.robustness). ``attacks``: a preset (study.attacks.presets: autoattack,
+    autoattack-fast) or a list of attacks. With ``cascade`` (a preset's default) each attack only
+    attacks the points every earlier one left robust, as AutoAttack runs them: its rows then count
+    the points it broke that earlier ones did not, and its robust accuracy is the ensemble's so far."""
+
     evaluator: Literal["robustness"]
-    attacks: Annotated[list[Literal[ATTACKS]], Field(min_length=1)]
+    attacks: Union[Literal[tuple(PRESETS)], Annotated[list[AttackSpec], Field(min_length=1)]] = DEFAULT_ATTACKS
+    cascade: Optional[bool] = None  # default: true for a preset, false for a list (each attack alone)
     norms: Annotated[dict[Literal[tuple(NORMS)], NormAxes], Field(min_length=1)]
-    steps: PosInt = 10  # bim, pgd, apgd-ce and apgd-dlr (C&W: under cw)
-    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
-    restarts: PosInt = 1  # pgd, apgd
-    cw: CWOptions = CWOptions()
     eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
     per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_options(cls, data):
+        return _own_options(data, "attacks", "[fgsm, {name: pgd, steps: 20}]")
+
     @model_validator(mode="after")
     def _checks(self):
-        if len(set(self.attacks)) != len(self.attacks):
-            raise ValueError("attacks: values must be distinct")
-        for i, e in enumerate(self.norms.get("linf", NormAxes(eps=[0])).eps):
-            if e > 1:
-                raise ValueError(f"norms.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        names = [a.name for a in self.attack_list()]
+        if len(set(names)) != len(names) and len({a.describe() for a in self.attack_list()}) != len(names):
+            raise ValueError("attacks: the same attack with the same options twice")
+        _linf_bound(self.norms.get("linf", NormAxes(eps=[0])).eps, "norms.linf.eps")
+        if self.cascade is None:
+            self.cascade = isinstance(self.attacks, str)
         if self.per_class_eps is not None:
             if self.per_class_eps.norms is None:
                 self.per_class_eps.norms = list(self.norms)
-            if "cw" in self.attacks:
-                raise ValueError("per_class_eps: needs bounded attacks (cw has no eps)")
+            if any(a in attacks.MINIMAL for a in names):
+                raise ValueError(f"per_class_eps: needs bounded attacks ({', '.join(a for a in names if a in attacks.MINIMAL)} search for the closest adversarial, with no eps)")
         return self
+
+    def attack_list(self) -> list[AttackSpec]:
+        """The attacks in running order (a preset expanded)."""
+        return [AttackSpec.model_validate(a) for a in PRESETS[self.attacks]] if isinstance(self.attacks, str) else self.attacks
+
+    def ensemble(self) -> str:
+        """The `worst` rows' attacks, with every setting: the identity of their ensemble."""
+        return "; ".join(a.describe() for a in self.attack_list())
+
+    def row_points(self) -> list[tuple]:
+        """The key of every row a trial writes (study.results.KEY_COLUMNS' evaluation part, as
+        the evaluator fills it): for each norm and eps, each attack and `worst`."""
+        names = "+".join(a.name for a in self.attack_list())
+        eot = self.eot_samples
+        out = []
+        per_attack = [(a.name, a.describe(), names) for a in self.attack_list()]
+        for norm, axes in self.norms.items():
+            for eps in axes.eps:
+                for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
+                    out.append((name, described, ens, self.cascade, norm, float(eps), eot, None))
+        if self.per_class_eps is not None:
+            pc = self.per_class_eps
+            for norm in pc.norms:
+                for q in pc.quantiles:
+                    for rule in ("per-class", "uniform"):
+                        for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
+                            out.append((name, described, ens, self.cascade, norm, None, eot, (q, pc.fraction, pc.per_class, rule)))
+        return out
 
     def n_rows(self, linear_binary: bool = False) -> int:
         """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps); with
         per_class_eps, per (norm, quantile) the per-class and the uniform rule, each per attack
         and worst."""
-        rows = sum(len(axes.eps) * (len(self.attacks) + 1) for axes in self.norms.values())
-        if self.per_class_eps is not None:
-            rows += len(self.per_class_eps.norms) * len(self.per_class_eps.quantiles) * 2 * (len(self.attacks) + 1)
-        return rows
+        return len(self.row_points())
 
     def metric_names(self) -> set[str]:
         return {
-            f"robust_acc@{a}-{n}-{e:g}" for n, axes in self.norms.items() for e in axes.eps for a in [*self.attacks, "worst"]
+            f"robust_acc@{a}-{n}-{e:g}" for n, axes in self.norms.items() for e in axes.eps for a in [*(a.name for a in self.attack_list()), "worst"]
         }
 
 
@@ -300,16 +367,21 @@ class TransferEval(_Strict):
     other: run once after all trials (study.evaluators.transfer)."""
 
     evaluator: Literal["transfer"]
-    attack: Literal[ATTACKS] = "fgsm"
+    attack: AttackSpec = AttackSpec(name="fgsm")
     norm: Literal[tuple(NORMS)] = "linf"
     eps: Annotated[list[PosFloat], Field(min_length=1), Distinct]
-    steps: PosInt = 10  # bim, pgd, apgd-ce and apgd-dlr
-    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_options(cls, data):
+        return _own_options(data, "attack", "{name: pgd, steps: 20}")
 
     @model_validator(mode="after")
     def _checks(self):
-        if self.norm == "linf" and max(self.eps) > 1:
-            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        if self.norm == "linf":
+            _linf_bound(self.eps, "eps")
+        if self.attack.name in attacks.MINIMAL:
+            raise ValueError(f"attack: {self.attack.name} searches for the closest adversarial; transfer crafts at each eps (use a bounded attack)")
         return self
 
     def n_rows(self, linear_binary: bool) -> int:
@@ -326,9 +398,8 @@ class FeaturesEval(TransferEval):
     to how well each architecture learns from D_rand / D_det."""
 
     evaluator: Literal["features"]
-    attack: Literal[ATTACKS] = "pgd"
+    attack: AttackSpec = AttackSpec(name="pgd", steps=20)
     norm: Literal[tuple(NORMS)] = "l2"
-    steps: PosInt = 20
 
 
 class GaussianEval(_Strict):
@@ -386,40 +457,48 @@ class LatentSearchSpec(_Strict):
 class InputSet(_Strict):
     """Adversarial inputs for the uncertainty and reconstruction evaluators: every evaluation
     point attacked at each eps (the attack's final iterate, as a detector would see it). C&W is
-    unbounded (no eps); `natural` searches the generator's latent space (no eps, no norm)."""
+    unbounded (no eps, L2); `natural` searches the generator's latent space (no eps, no norm):
+    ``{attack: natural, search: {...}}``."""
 
-    attack: Literal[INPUT_ATTACKS]
+    attack: Optional[AttackSpec]  # None: natural adversaries (written `attack: natural`)
     norm: Optional[Literal[tuple(NORMS)]] = "linf"
     eps: Optional[Annotated[list[PosFloat], Field(min_length=1), Distinct]] = None
-    steps: Optional[PosInt] = None  # attack default when null (bim, pgd: 10; apgd: 100)
-    step_size: Optional[PosFloat] = None  # relative to eps; attack default when null
-    cw: CWOptions = CWOptions()
     search: LatentSearchSpec = LatentSearchSpec()  # natural
+
+    @model_validator(mode="before")
+    @classmethod
+    def _natural(cls, data):
+        data = _own_options(data, "attack", "{name: pgd, steps: 40}")
+        if isinstance(data, dict) and data.get("attack") == "natural":
+            return {**data, "attack": None}
+        return data
 
     @model_validator(mode="after")
     def _checks(self):
-        own = {"cw": "cw", "natural": "search"}
-        for attack, name in own.items():
-            if name in self.model_fields_set and self.attack != attack:
-                raise ValueError(f"{name}: options for the {attack} attack, not {self.attack}")
-        if self.attack in own:
+        name = self.name
+        if "search" in self.model_fields_set and name != "natural":
+            raise ValueError(f"search: options for natural adversaries, not {name}")
+        if name in ("fab-t", "apgd-t"):
+            raise ValueError(f"attack: {name} keeps no final iterate per point (an input set needs one); use pgd, apgd-ce, square or cw")
+        if name in ("cw", "natural"):
             if self.eps is not None:
-                raise ValueError(f"eps: {self.attack} is unbounded (it searches for the closest adversarial); leave eps out")
-            for name in ("steps", "step_size"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: set {self.attack}'s options under {own[self.attack]}:")
-            forced = "l2" if self.attack == "cw" else None
+                raise ValueError(f"eps: {name} is unbounded (it searches for the closest adversarial); leave eps out")
+            forced = "l2" if name == "cw" else None
             if "norm" in self.model_fields_set and self.norm != forced:
                 raise ValueError("norm: cw is an L2 attack" if forced else "norm: natural adversaries have no norm (their distance is measured in the latent space)")
             self.norm = forced
             return self
         if self.norm is None:
-            raise ValueError(f"norm: required for {self.attack}")
+            raise ValueError(f"norm: required for {name}")
         if self.eps is None:
-            raise ValueError(f"eps: required for {self.attack} (a list of radii)")
-        if self.norm == "linf" and max(self.eps) > 1:
-            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+            raise ValueError(f"eps: required for {name} (a list of radii)")
+        if self.norm == "linf":
+            _linf_bound(self.eps, "eps")
         return self
+
+    @property
+    def name(self) -> str:
+        return "natural" if self.attack is None else self.attack.name
 
     def n_sets(self) -> int:
         return 1 if self.eps is None else len(self.eps)
@@ -633,7 +712,7 @@ class SearchSpec(_Strict):
     kind: Literal["grid", "random", "optuna"] = "grid"
     metric: Union[str, Annotated[list[str], Field(min_length=2)]] = "clean_acc"
     mode: Union[Mode, Annotated[list[Mode], Field(min_length=2)]] = "max"
-    num_samples: PosInt = 1  # grid: repeats of the grid; random: samples drawn; optuna: trials
+    num_samples: PosInt = 1  # grid: repeats of the grid; random: samples drawn (each its own seed: seed, seed + 1, ...); optuna: trials
     max_concurrent: Optional[PosInt] = None  # trials running at once (null: as resources allow)
     scheduler: Annotated[Optional[Asha], BeforeValidator(_scheduler_shorthand)] = None  # `asha`
     max_failures: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 2  # retries of a trial whose worker died
@@ -765,6 +844,7 @@ class StudySpec(_Strict):
                 examples = ", ".join(sorted(known)[:4])
                 raise ValueError(f"{where}: unknown metric {metric!r} (e.g. {examples})")
         self._check_models()
+        self._check_row_keys()
         if "generative" in self.model_fields_set and not self.needs_generative:
             raise ValueError("generative: no evaluator uses the generative model (natural, reconstruction, or a natural input set)")
         if self.generative.seed is None:
@@ -777,9 +857,41 @@ class StudySpec(_Strict):
         axis = self.train.get("train_set")
         if axis is not None and axis.kind not in ("value", "grid", "choice"):
             raise ValueError("train.train_set: list the training sets (a value, grid or choice); each is built once before the trials")
+        self._repeat_with_seeds()
         if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
             raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
+
+    def _repeat_with_seeds(self):
+        """Repeats of a grid (or random samples) must not be the same trial run twice: they become
+        a grid of seeds (study seed, seed + 1, ...), so each repeat trains its own model."""
+        n = self.search.num_samples
+        if self.search.kind == "optuna" or n == 1:
+            return
+        axis = self.train.get("seed")
+        if axis is not None and axis.kind in ("value", "grid"):
+            raise ValueError(f"search.num_samples: {n} repeats with train.seed set would run the same trials again; list the seeds in train.seed instead")
+        if axis is None:
+            self.train["seed"] = Axis(kind="grid", values=[self.seed + r for r in range(n)])
+            self.search.num_samples = 1
+
+    def _check_row_keys(self):
+        """Two entries must not write rows with the same key (compaction would keep one of them):
+        robustness entries may share no (attack and settings, norm, eps); any other evaluator
+        appears once (one entry sweeps all its axes)."""
+        seen = {}
+        for i, e in enumerate(self.evaluate):
+            if e.evaluator != "robustness":
+                if e.evaluator in seen:
+                    raise ValueError(f"evaluate[{i}]: a second {e.evaluator} entry (the first is evaluate[{seen[e.evaluator]}]); put all its settings in one entry")
+                seen[e.evaluator] = i
+                continue
+            for point in e.row_points():
+                if point in seen:
+                    j = seen[point]
+                    what = f"{point[0]} {point[4]} eps {point[5]:g}" if point[5] is not None else f"{point[0]} {point[4]} per-class eps"
+                    raise ValueError(f"evaluate[{i}]: its {what} rows would repeat those of evaluate[{j}] (same attacks and settings); drop one, or change a setting")
+                seen[point] = i
 
     def _check_models(self):
         """Every model the study can train accepts the model hyperparameters it sets, and a
@@ -834,16 +946,21 @@ class StudySpec(_Strict):
         for i, e in enumerate(self.evaluate):
             if e.evaluator == "uncertainty" and e.baseline >= n_eval:
                 return f"evaluate[{i}].baseline: {e.baseline} baseline images leave none of the {n_eval} evaluation images to attack (lower baseline or raise data.n_eval)"
-            named = e.attacks if e.evaluator == "robustness" else [s.attack for s in e.inputs] if e.evaluator == "uncertainty" else [getattr(e, "attack", None)]
+            named = [a.name for a in e.attack_list()] if e.evaluator == "robustness" else [s.name for s in getattr(e, "inputs", ())]
+            named += [e.attack.name] if isinstance(getattr(e, "attack", None), AttackSpec) else []
             if "apgd-dlr" in named and n_classes < 3:
                 return f"evaluate[{i}]: apgd-dlr needs at least 3 classes; the data has {n_classes} (use apgd-ce)"
+            if "apgd-t" in named and n_classes < 4:
+                return f"evaluate[{i}]: apgd-t needs at least 4 classes (its loss uses the 4 largest logits); the data has {n_classes} (list the attacks: apgd-ce, fab-t, square)"
+            if "fab-t" in named and n_classes < 2:
+                return f"evaluate[{i}]: fab-t needs another class to target"
         return None
 
     @property
     def needs_generative(self) -> bool:
         """Whether an evaluator uses the generative model (trained once, before the trials)."""
         return any(
-            e.evaluator in ("natural", "reconstruction") or any(s.attack == "natural" for s in getattr(e, "inputs", ()))
+            e.evaluator in ("natural", "reconstruction") or any(s.name == "natural" for s in getattr(e, "inputs", ()))
             for e in self.evaluate
         )
 

@@ -3,8 +3,8 @@
 The key hashes everything that determines a model: the resolved training config (seed
 included), the dataset fingerprint, and the source of the training path (so a change to the
 training code, a model or an attack used in training makes a new key). Files are written
-atomically and read with ``torch.load(weights_only=True)``; a file that does not load is
-reported and retrained, never used.
+atomically and read with ``torch.load(weights_only=True)``; a file that does not parse is
+reported and retrained, never used; a file that cannot be read is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from study import fsio
 
-_TRAINING_SOURCES = ("train.py", "models.py", "objectives.py", "mc.py", "norms.py", "attacks/gradient.py")
+_TRAINING_SOURCES = ("train.py", "models.py", "objectives.py", "mc.py", "norms.py", "rng.py", "attacks/gradient.py")
 
 
 @lru_cache(maxsize=None)
@@ -49,17 +49,26 @@ class ModelStore:
         return fsio.exists(self.fs, self.path(key))
 
     def load(self, key: str, model: torch.nn.Module) -> dict | None:
-        """Fill ``model`` with the stored weights and return the stored metadata, or None."""
+        """Fill ``model`` with the stored weights, in eval mode (as training leaves it, so a model
+        with BatchNorm predicts the same from the store), and return the stored metadata; None
+        when the store has no such model or its file does not parse (then it is retrained). An
+        I/O error reading the file is raised, naming it: retraining would hide it."""
         path = self.path(key)
         if not fsio.exists(self.fs, path):
             return None
         try:
-            blob = torch.load(io.BytesIO(fsio.read_bytes(self.fs, path)), weights_only=True)
+            raw = fsio.read_bytes(self.fs, path)
+        except OSError as e:
+            raise OSError(f"model store: cannot read {path}: {e}") from e
+        try:
+            blob = torch.load(io.BytesIO(raw), weights_only=True)
             model.load_state_dict(blob["state_dict"])
-            return dict(blob["meta"])
-        except Exception as e:  # any unreadable or mismatched file is treated the same way
+            meta = dict(blob["meta"])
+        except Exception as e:  # truncated, not a checkpoint, or another model's weights
             print(f"advsweep: corrupt checkpoint {path} ({type(e).__name__}: {e}); retraining", file=sys.stderr)
             return None
+        model.eval()
+        return meta
 
     def save(self, key: str, model: torch.nn.Module, meta: dict) -> None:
         buf = io.BytesIO()

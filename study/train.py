@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 
 from study import attacks, mc, models, norms, objectives
+from study.rng import PointRNG
+from study.seeds import stream_seed
 from study.spec import TrainConfig
 
 
@@ -64,7 +66,9 @@ def train(
 
 
 def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    # The batch order is drawn on the CPU (indices); an adversary's random starts come from a
+    # PointRNG keyed by each training image's index, on whatever device the data is.
+    order = torch.Generator(device="cpu").manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = -(-len(x) // cfg.batch_size)
     # Cosine decay to 0 over all steps: Adam's steps shrink with it, so a convex objective (the
@@ -72,19 +76,20 @@ def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * batches) if cfg.lr_schedule == "cosine" else None
     adv = cfg.adversarial
     if adv is not None:
-        attack = attacks.make(adv.attack, steps=adv.steps, step_size=adv.step_size)
+        attack = attacks.make(adv.attack, **adv.attack_options())
         norm = norms.get(adv.norm)
     start = time.perf_counter()
     metrics = {}
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total, count = 0.0, 0
-        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            xb, yb = x[idx].to(x_eval.device), y[idx].to(x_eval.device)
+        adversary = PointRNG(stream_seed(cfg.seed, "adversarial-training", epoch), torch.arange(len(x), device=x_eval.device))
+        for idx in torch.randperm(len(x), generator=order).split(cfg.batch_size):
+            xb, yb = x[idx.to(x.device)].to(x_eval.device), y[idx.to(y.device)].to(x_eval.device)
             if adv is None or adv.alpha == 1:
                 loss = objectives.training_loss(model, xb, yb)
             else:
-                x_adv = attack(model, xb, yb, adv.eps, norm, generator=gen)
+                x_adv = attack(model, xb, yb, adv.eps, norm, rng=adversary[idx.to(x_eval.device)])
                 loss = (1 - adv.alpha) * objectives.training_loss(model, x_adv, yb)
                 if adv.alpha > 0:
                     loss = loss + adv.alpha * objectives.training_loss(model, xb, yb)

@@ -6,6 +6,7 @@ disk; the model comes from the store when an identical one was trained before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -22,6 +23,7 @@ from study.data import Dataset
 from study.evaluators import embedding, transfer
 from study.evaluators import features as features_eval
 from study.spec import StudySpec, TrainConfig, adversarial_name
+from study.seeds import stream_seed
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -154,8 +156,13 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
     ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model)
     eval_start = time.perf_counter()
+    # A stochastic model's dropout masks come from torch's global generator: each piece of work
+    # starts it from the trial's seed, so numbers do not depend on what ran before in the worker.
+    with seeded(device, cfg.seed, "clean"):
+        ctx.correct
     for axes in spec.evaluate:
-        rows += evaluators.run(ctx, axes)
+        with seeded(device, cfg.seed, "evaluate", json.dumps(axes.model_dump(mode="json"), sort_keys=True)):
+            rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
     if gen_meta:
         for row in rows:
@@ -164,6 +171,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
     for row in rows:
         row.update(set_meta)
+    check_rows(rows, spec.rows_per_trial(cfg.model), f"trial {tid} ({name})")
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
@@ -179,6 +187,27 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness" and r.get("eps_rule") is None})
     report(final)
+
+
+@contextlib.contextmanager
+def seeded(device, seed: int, *stream):
+    """torch's global generators (CPU, and the trial's GPU) seeded for one piece of work, and
+    restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(stream_seed(seed, *stream))
+        yield
+
+
+def check_rows(rows: list[dict], expected: int, where: str) -> None:
+    """Every row has its own key and none is missing: a collision would make compaction drop a
+    row without a word."""
+    keys = [r["row_key"] for r in rows]
+    if len(set(keys)) != len(keys):
+        dup = next(r for r in rows if keys.count(r["row_key"]) > 1)
+        point = ", ".join(f"{c}={dup.get(c)}" for c in ("evaluator", "attack", "norm", "eps") if dup.get(c) is not None)
+        raise RuntimeError(f"{where}: {len(keys) - len(set(keys))} rows share a row key with another row ({point}); the spec must tell them apart")
+    if len(rows) != expected:
+        raise RuntimeError(f"{where}: computed {len(rows)} rows where the spec plans {expected}")
 
 
 def _fill(rows: list[dict], study: StudyContext, cfg: TrainConfig, tid: str, name: str, train_s, from_store: bool, device) -> None:
@@ -316,6 +345,9 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     for name, rows in by_evaluator.items():
         for tid, (cfg, trial_label, train_s) in trained.items():
             _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, trial_label, train_s, True, device)
+    planned = spec.study_rows(configs)
+    check_rows([r for rows in by_evaluator.values() for r in rows], planned, "study evaluators")
+    for name, rows in by_evaluator.items():
         results.write_study_rows(study.results_uri, name, rows)
     return sum(len(rows) for rows in by_evaluator.values())
 

@@ -202,3 +202,10 @@ def test_frontier_gap_compares_only_the_same_evaluation_point():
     grid = table([dict(trial_id="g", label="g", clean_acc=0.9, robust_acc=0.9, eps=0.2)])
     found = table([dict(trial_id="s", label="s", clean_acc=0.5, robust_acc=0.5, eps=0.1)])
     assert frontier.frontier_gap(found, grid).is_empty()
+
+
+def test_frontier_of_a_frame_without_evaluation_point_columns():
+    """A notebook's own selection (trial_id, clean_acc, robust_acc): one evaluation point."""
+    df = pl.DataFrame({"trial_id": ["a", "b", "c", "d"], "clean_acc": [0.9, 0.8, 0.95, 0.7], "robust_acc": [0.5, 0.6, 0.4, 0.55]})
+    out = frontier.pareto(df)
+    assert out.get_column("on_frontier").to_list() == [True, True, True, False]

@@ -14,13 +14,8 @@ from PIL import Image
 
 from analysis.load import load
 from analysis.report import main, write_report
-
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves: the page gets no network at all
-]
+from conftest import CHROMIUM, need_chromium
+from conftest import CHROMIUM_FLAGS as FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +45,8 @@ def test_report_pngs_are_not_blank(report):
         assert (image < 128).mean() > 0.005, f"{stem}.png has almost no ink"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install it with: apt-get install -y chromium")
 def test_report_renders_offline_in_headless_chromium(report, tmp_path):
+    need_chromium()
     cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

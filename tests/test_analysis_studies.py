@@ -269,4 +269,4 @@ def test_charts_and_tables_follow_the_evaluators_present(transfer_df, vega_value
 
     only_robustness = transfer_df.filter(evaluator="robustness")
     assert "transfer" not in [stem for stem, *_ in build_charts(only_robustness)]
-    assert [t for t, _, _ in summary_tables(only_robustness)] == ["Best robust accuracy", "Area under the robustness curve", "Confidence on mistakes"]
+    assert [t for t, _, _ in summary_tables(only_robustness)] == ["Best robust accuracy", "Area under the robustness curve", "Per-attack log", "Signs of a broken evaluation", "Confidence on mistakes"]

@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from analysis import uncertainty
-from analysis.load import load
+from analysis.load import load, read_artifact
 from analysis.report import build_charts, summary_tables, write_report
-from study import artifacts
 
 TS = [1, 2, 5, 10, 20, 50, 100]
 SETS = ["clean", "fgsm 0.3", "cw", "natural"]
@@ -28,7 +27,7 @@ def bnn_df(bnn_sweep) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def points(bnn_sweep) -> pl.DataFrame:
-    return artifacts.read(str(bnn_sweep.results), "uncertainty")
+    return read_artifact(str(bnn_sweep.results), "uncertainty")
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +231,7 @@ def test_report_has_the_uncertainty_sections(bnn_report, bnn_df, points):
     # uncertainty alone nothing else.
     robustness = bnn_df.filter(evaluator="robustness")
     assert not [s for s, *_ in build_charts(robustness) if s.startswith("uncertainty")]
-    assert [t for t, _, _ in summary_tables(robustness)] == ["Best robust accuracy", "Area under the robustness curve", "Confidence on mistakes"]
+    assert [t for t, _, _ in summary_tables(robustness)] == ["Best robust accuracy", "Area under the robustness curve", "Per-attack log", "Signs of a broken evaluation", "Confidence on mistakes"]
     only = _rows(bnn_df)
     assert [s for s, *_ in build_charts(only)] == ["uncertainty-auroc"]  # no artifact given: no distributions
     assert [s for s, *_ in build_charts(only, {"uncertainty": points})] == ["uncertainty-auroc", "uncertainty-distributions"]

@@ -16,6 +16,7 @@ from torch import nn
 from study import attacks
 from study.attacks.apgd import APGD, APGD_ATTACKS, apgd_ce, apgd_dlr, checkpoints, dlr_loss
 from study.norms import L2, NORMS, Linf
+from study.rng import PointRNG
 
 SHAPE = (1, 6, 6)
 D = math.prod(SHAPE)
@@ -72,12 +73,19 @@ def test_dlr_needs_three_classes():
 
 
 def test_factories_and_defaults():
-    assert set(APGD_ATTACKS) == {"apgd-ce", "apgd-dlr"}
-    ce, dlr = APGD_ATTACKS["apgd-ce"](), APGD_ATTACKS["apgd-dlr"]()
-    assert (ce.name, ce.loss, ce.steps, ce.step_size, ce.restarts) == ("apgd-ce", "ce", 100, 2.0, 1)
+    # The published settings: 100 iterations, eta starting at 2 eps, one start; APGD-T targets
+    # the 9 most likely other classes (AutoAttack's standard version).
+    assert set(APGD_ATTACKS) == {"apgd-ce", "apgd-dlr", "apgd-t"}
+    ce, dlr, t = APGD_ATTACKS["apgd-ce"](), APGD_ATTACKS["apgd-dlr"](), APGD_ATTACKS["apgd-t"]()
+    assert (ce.name, ce.loss, ce.steps, ce.step_size, ce.restarts, ce.targets) == ("apgd-ce", "ce", 100, 2.0, 1, None)
     assert (dlr.name, dlr.loss, dlr.steps, dlr.step_size, dlr.restarts) == ("apgd-dlr", "dlr", 100, 2.0, 1)
+    assert (t.name, t.loss, t.steps, t.step_size, t.restarts, t.targets) == ("apgd-t", "dlr-targeted", 100, 2.0, 1, 9)
     assert (ce.rho, ce.momentum) == (0.75, 0.75)
     assert apgd_ce(steps=20, step_size=1.0, restarts=3) == APGD("apgd-ce", "ce", 20, 1.0, 3)
+    # Through the registry a spec's options reach the attack, and only its own options.
+    assert attacks.make("apgd-t", targets=3).targets == 3
+    with pytest.raises(attacks.OptionError, match="targets: apgd-ce takes no targets"):
+        attacks.make("apgd-ce", targets=3)
 
 
 def test_step_halving_homes_in_on_an_interior_maximum():
@@ -93,7 +101,7 @@ def test_step_halving_homes_in_on_an_interior_maximum():
     x = torch.full((4, 1, 1, 1), 0.5, dtype=torch.float64)
     y = torch.zeros(4, dtype=torch.long)
     for steps in (100, 200):
-        x_best = apgd_ce(steps=steps)(Bump(), x, y, 0.4, Linf, generator=torch.Generator().manual_seed(0))
+        x_best = apgd_ce(steps=steps)(Bump(), x, y, 0.4, Linf, rng=PointRNG.for_points(0, len(x)))
         assert ((x_best - 0.6).abs() < 0.01).all(), (steps, x_best.flatten().tolist())
 
 
@@ -143,7 +151,7 @@ def cases(draw, early_stop=None):
 def test_adversarials_lie_in_the_ball_and_the_box(case):
     model, x, y, eps, norm, attack, early_stop, seed, max_rows = case
     x0, y0 = x.clone(), y.clone()
-    res = attack.run(model, x, y, eps, norm, early_stop=early_stop, generator=torch.Generator().manual_seed(seed), max_rows=max_rows)
+    res = attack.run(model, x, y, eps, norm, early_stop=early_stop, rng=PointRNG.for_points(seed, len(x)), max_rows=max_rows)
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert res.fooled.shape == eps.shape and res.fooled.dtype == torch.bool
     assert (norm.measure(res.x_adv - x) <= eps + TOL).all()
@@ -161,13 +169,13 @@ def test_adversarials_lie_in_the_ball_and_the_box(case):
 @given(cases(early_stop=False))
 def test_plain_call_returns_the_best_iterate_in_the_ball(case):
     model, x, y, eps, norm, attack, _, seed, _ = case
-    x_adv = attack(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed))
+    x_adv = attack(model, x, y, eps, norm, rng=PointRNG.for_points(seed, len(x)))
     assert (norm.measure(x_adv - x) <= eps + TOL).all()
     assert (x_adv >= 0).all() and (x_adv <= 1).all()
     assert torch.equal(x_adv[eps == 0], x[eps == 0])
     # The best-loss iterate: never below the loss at the random start (the same generator seed
     # gives the same start; with 0 steps the start is what comes back).
-    start = APGD(attack.name, attack.loss, steps=0)(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed))
+    start = APGD(attack.name, attack.loss, steps=0)(model, x, y, eps, norm, rng=PointRNG.for_points(seed, len(x)))
     assert (norm.measure(start - x) <= eps + TOL).all()
     loss_fn = (lambda z, t: nn.functional.cross_entropy(z, t, reduction="none")) if attack.loss == "ce" else dlr_loss
     with torch.no_grad():
@@ -191,7 +199,7 @@ def test_float32_and_scalar_eps(norm):
     with torch.no_grad():
         y = model(x).argmax(1)
     e = 0.2 if norm is Linf else 1.5
-    res = apgd_dlr(steps=10, restarts=2).run(model, x, y, e, norm, generator=torch.Generator().manual_seed(0))
+    res = apgd_dlr(steps=10, restarts=2).run(model, x, y, e, norm, rng=PointRNG.for_points(0, len(x)))
     assert res.x_adv.dtype == torch.float32 and res.fooled.shape == (5,)
     assert (norm.measure(res.x_adv - x) <= e + 1e-5).all()
     assert (res.x_adv >= 0).all() and (res.x_adv <= 1).all()
@@ -224,7 +232,7 @@ def ladder_cases(draw):
 @given(ladder_cases())
 def test_ladder_fooled_is_monotone_and_true(case):
     model, x, y, eps, norm, attack, seed, max_rows = case
-    res = attack.run(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed), max_rows=max_rows)
+    res = attack.run(model, x, y, eps, norm, rng=PointRNG.for_points(seed, len(x)), max_rows=max_rows)
     assert res.fooled.shape == eps.shape and res.fooled.dtype == torch.bool
     for j in range(1, eps.shape[1]):
         assert (res.fooled[:, j] | ~res.fooled[:, j - 1]).all(), "fooled at a smaller eps but not at a larger one"
@@ -252,12 +260,12 @@ def test_ladder_is_never_weaker_than_separate_runs_and_chunking_does_not_matter(
     grid = [0.01, 0.03, 0.06, 0.1] if norm_name == "linf" else [0.05, 0.15, 0.3, 0.5]
     attack = APGD_ATTACKS[f"apgd-{loss}"](steps=15, restarts=2)
     eps = torch.tensor(grid, dtype=torch.float64).expand(len(y), len(grid))
-    ladder = attack.run(model, x, y, eps, norm, generator=torch.Generator().manual_seed(5))
-    chunked = attack.run(model, x, y, eps, norm, generator=torch.Generator().manual_seed(5), max_rows=7)
+    ladder = attack.run(model, x, y, eps, norm, rng=PointRNG.for_points(5, len(x)))
+    chunked = attack.run(model, x, y, eps, norm, rng=PointRNG.for_points(5, len(x)), max_rows=7)
     assert torch.equal(ladder.fooled, chunked.fooled)
     torch.testing.assert_close(ladder.x_adv, chunked.x_adv)
     for j, e in enumerate(grid):
-        alone = attack.run(model, x, y, e, norm, generator=torch.Generator().manual_seed(5)).fooled
+        alone = attack.run(model, x, y, e, norm, rng=PointRNG.for_points(5, len(x))).fooled
         assert (ladder.fooled[:, j] | ~alone).all(), f"a separate run at eps={e} fools a point the ladder misses"
     assert ladder.fooled[:, -1].any() and not ladder.fooled[:, 0].all(), "the grid should straddle the points' margins"
 
@@ -276,7 +284,7 @@ def test_apgd_is_at_least_as_strong_as_pgd_100_on_the_standard_cnn(standard_cnn)
     acc, secs = {}, {}
     for name, attack in {"pgd": attacks.make("pgd", steps=100), "apgd-ce": apgd_ce(), "apgd-dlr": apgd_dlr()}.items():
         start = time.perf_counter()
-        res = attack.run(model, x, y, eps, Linf, generator=torch.Generator().manual_seed(0), max_rows=256)
+        res = attack.run(model, x, y, eps, Linf, rng=PointRNG.for_points(0, len(x)), max_rows=256)
         secs[name] = time.perf_counter() - start
         with torch.no_grad():
             assert (model(res.x_adv).argmax(1) != y)[res.fooled.any(1)].all()

@@ -1,9 +1,9 @@
-"""Property tests for the threat-model geometry (study.norms) and the gradient attacks.
+"""Property tests for the threat-model geometry (study.norms) and the attacks' run protocol.
 
 Tiny seeded models (a linear layer, a small conv net, an MLP with dropout, and a "wiggly" net
 whose sine activations make logits oscillate) on random 1x6x6 inputs in [0, 1]; every attack
-(fgsm, bim, pgd with random start and restarts) in every norm (linf, l2) with per-row eps
-tensors that include eps = 0. The never-weaker checks run in float64 on a small trained linear
+(fgsm, bim, pgd with random start and restarts, apgd, fab-t, square, cw) in every norm (linf,
+l2) with per-row eps tensors that include eps = 0. Random draws come from a PointRNG. The never-weaker checks run in float64 on a small trained linear
 model, on the points it classifies correctly (as the evaluator does).
 """
 
@@ -20,6 +20,7 @@ from torch import nn
 from study import attacks
 from study.evaluators.robustness import attack_each_eps_separately, attack_grid
 from study.norms import L2, NORMS, Linf
+from study.rng import PointRNG
 
 SHAPE = (1, 6, 6)
 D = math.prod(SHAPE)
@@ -30,6 +31,8 @@ TOL = 1e-5
 PROPS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 attack_names = st.sampled_from(sorted(attacks.ATTACKS))
+# Attacks with a final iterate to return without early stop (apgd-t runs one attack per target).
+plain_names = st.sampled_from(sorted(set(attacks.ATTACKS) - {"apgd-t"}))
 norm_names = st.sampled_from(sorted(NORMS))
 model_kinds = st.sampled_from(["linear", "conv", "dropout", "wiggly"])
 
@@ -70,18 +73,31 @@ def eps_rows(norm_name: str, n: int):
 
 
 def build_attack(name: str, steps: int, restarts: int = 1):
-    return attacks.make(name, steps=steps, restarts=restarts)
+    """A short run of attack ``name``: ``steps`` iterations (Square: 5 x steps queries)."""
+    options = {
+        "fgsm": {},
+        "bim": dict(steps=steps),
+        "cw": dict(steps=steps, search_steps=2),
+        "fab-t": dict(steps=steps, targets=2, restarts=restarts),
+        "square": dict(queries=5 * steps, restarts=restarts),
+        "apgd-t": dict(steps=steps, targets=2, restarts=restarts),
+    }.get(name, dict(steps=steps, restarts=restarts))
+    return attacks.make(name, **options)
+
+
+def rng(seed: int, n: int) -> PointRNG:
+    return PointRNG.for_points(seed, n)
 
 
 @st.composite
 def attack_cases(draw, early_stop=None):
-    """(model, x, y, eps, norm, attack, early_stop, generator seed)."""
+    """(model, x, y, eps, norm, attack, early_stop, rng seed)."""
     seed = draw(st.integers(0, 2**16))
     n = draw(st.integers(1, 8))
     norm_name = draw(norm_names)
-    name = draw(attack_names)
     early = draw(st.booleans()) if early_stop is None else early_stop
-    restarts = draw(st.integers(1, 3)) if (name == "pgd" and early) else 1
+    name = draw(attack_names if early else plain_names)
+    restarts = draw(st.integers(1, 3)) if (name in ("pgd", "apgd-ce", "fab-t", "square") and early) else 1
     steps = draw(st.integers(1, 6))
     kind = draw(model_kinds)
     eps = torch.tensor(draw(eps_rows(norm_name, n)), dtype=torch.float32)
@@ -99,7 +115,7 @@ def attack_cases(draw, early_stop=None):
 def test_adversarials_lie_in_the_ball_and_the_box(case):
     model, x, y, eps, norm, attack, early_stop, seed = case
     x0, y0 = x.clone(), y.clone()
-    res = attack.run(model, x, y, eps, norm, early_stop=early_stop, generator=torch.Generator().manual_seed(seed))
+    res = attack.run(model, x, y, eps, norm, early_stop=early_stop, rng=rng(seed, len(x)))
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     size = norm.measure(res.x_adv - x)
     assert (size <= eps + TOL).all(), (size, eps)
@@ -114,7 +130,7 @@ def test_adversarials_lie_in_the_ball_and_the_box(case):
 @given(attack_cases(early_stop=False))
 def test_plain_call_returns_the_final_iterate_in_the_ball(case):
     model, x, y, eps, norm, attack, _, seed = case
-    x_adv = attack(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed))
+    x_adv = attack(model, x, y, eps, norm, rng=rng(seed, len(x)))
     assert (norm.measure(x_adv - x) <= eps + TOL).all()
     assert (x_adv >= 0).all() and (x_adv <= 1).all()
 
@@ -122,7 +138,7 @@ def test_plain_call_returns_the_final_iterate_in_the_ball(case):
 @PROPS
 @given(
     seed=st.integers(0, 2**16),
-    name=attack_names,
+    name=plain_names,
     norm_name=norm_names,
     training=st.booleans(),
     early_stop=st.booleans(),
@@ -142,11 +158,10 @@ def test_model_mode_and_parameter_flags_are_restored(seed, name, norm_name, trai
 
     runs = []
     for _ in range(2):
-        gen = torch.Generator().manual_seed(seed)
         if early_stop:
-            runs.append(attack.run(model, x, y, eps, NORMS[norm_name], generator=gen).x_adv)
+            runs.append(attack.run(model, x, y, eps, NORMS[norm_name], rng=rng(seed, len(x))).x_adv)
         else:
-            runs.append(attack(model, x, y, eps, NORMS[norm_name], generator=gen))
+            runs.append(attack(model, x, y, eps, NORMS[norm_name], rng=rng(seed, len(x))))
         assert model.training is training
         assert all(m.training is training for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == flags
@@ -212,17 +227,16 @@ def test_project_lands_in_the_ball_and_is_idempotent(case):
 @given(deltas_and_eps())
 def test_random_start_lies_in_the_ball(case):
     norm, delta, eps, seed = case
-    g = torch.Generator().manual_seed(seed)
-    start = norm.random_start(delta.shape, eps, g)
+    start = norm.random_start(rng(seed, len(delta)), delta.shape[1:], eps)
     assert start.shape == delta.shape and start.dtype == eps.dtype
     assert (norm.measure(start) <= eps * (1 + 1e-6) + 1e-7).all()
     assert (start[eps == 0] == 0).all()
-    unit = norm.unit_ball_sample(delta.shape, torch.Generator().manual_seed(seed), delta.dtype)
+    unit = norm.unit_ball_sample(rng(seed, len(delta)), delta.shape[1:], dtype=delta.dtype)
     assert (norm.measure(unit) <= 1 + 1e-6).all()
 
 
 def _radius_cdf_gap(shape, n_seed=0):
-    radii = L2.measure(L2.unit_ball_sample(shape, torch.Generator().manual_seed(n_seed), torch.float64))
+    radii = L2.measure(L2.unit_ball_sample(rng(n_seed, shape[0]), shape[1:], dtype=torch.float64))
     d = math.prod(shape[1:])
     r = torch.linspace(0.05, 1.0, 20, dtype=torch.float64)
     empirical = (radii[:, None] < r[None, :]).double().mean(0)
@@ -245,20 +259,20 @@ def test_l2_unit_ball_sample_is_uniform_in_the_ball_image_shaped():
     assert gap < 0.03, f"radius CDF is {gap:.3f} away from r**4"
     assert abs((radii < 0.5).double().mean().item() - 0.5**4) < 0.02
     # And in d = 36 (the test images) almost all the mass sits near the sphere, yet inside it.
-    radii36 = L2.measure(L2.unit_ball_sample((2000, *SHAPE), torch.Generator().manual_seed(1)))
+    radii36 = L2.measure(L2.unit_ball_sample(rng(1, 2000), SHAPE))
     assert (radii36 <= 1 + 1e-6).all() and (radii36 < 0.5).float().mean() < 0.01
     assert radii36.min() < radii36.max()
 
 
 def test_l2_unit_ball_directions_are_isotropic():
-    u = L2.unit_ball_sample((4000, 2), torch.Generator().manual_seed(2), torch.float64)
+    u = L2.unit_ball_sample(rng(2, 4000), (2,), dtype=torch.float64)
     angle = torch.atan2(u[:, 1], u[:, 0])
     counts = torch.histc(angle, bins=8, min=-math.pi, max=math.pi)
     assert (counts - 500).abs().max() < 100, counts
 
 
 def test_linf_unit_ball_sample_fills_the_cube():
-    u = Linf.unit_ball_sample((4000, 2), torch.Generator().manual_seed(3), torch.float64)
+    u = Linf.unit_ball_sample(rng(3, 4000), (2,), dtype=torch.float64)
     assert (u.abs() <= 1).all()
     for t in (-0.5, 0.0, 0.5):
         assert abs((u < t).double().mean().item() - (t + 1) / 2) < 0.03
@@ -278,7 +292,7 @@ def ladder_cases(draw, kinds=model_kinds, min_levels=1):
     p = draw(st.integers(1, 8))
     norm_name = draw(norm_names)
     name = draw(attack_names)
-    restarts = draw(st.integers(1, 3)) if name == "pgd" else 1
+    restarts = draw(st.integers(1, 3)) if name in ("pgd", "apgd-ce", "fab-t", "square") else 1
     steps = draw(st.integers(1, 6))
     kind = draw(kinds)
     grid = sorted(draw(st.lists(st.sampled_from(WIDE_GRID[norm_name]), min_size=min_levels, max_size=5, unique=True)))
@@ -299,7 +313,7 @@ def test_early_stop_fooled_rows_are_misclassified_at_their_adversarial(case):
     lands: the larger-eps row is then fooled only through the ladder)."""
     model, x, y, grid, norm, attack, seed = case
     eps = torch.tensor(grid, dtype=x.dtype).expand(len(y), len(grid))
-    res = attack.run(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed), max_rows=3)
+    res = attack.run(model, x, y, eps, norm, rng=rng(seed, len(x)), max_rows=3)
     assert res.fooled.shape == eps.shape
     dist = norm.measure(res.x_adv - x)
     assert (res.x_adv >= 0).all() and (res.x_adv <= 1).all()
@@ -315,7 +329,7 @@ def test_early_stop_fooled_rows_are_misclassified_at_their_adversarial(case):
 def test_early_stop_without_groups_reports_only_true_misclassifications(case):
     model, x, y, eps, norm, attack, _, seed = case
     x, eps, model = x.double(), eps.double(), model.double()
-    res = attack.run(model, x, y, eps, norm, generator=torch.Generator().manual_seed(seed))
+    res = attack.run(model, x, y, eps, norm, rng=rng(seed, len(x)))
     with torch.no_grad():
         wrong = model.eval()(res.x_adv).argmax(1) != y
     assert not (res.fooled & ~wrong).any()
@@ -326,7 +340,7 @@ def test_early_stop_without_groups_reports_only_true_misclassifications(case):
 @given(ladder_cases(), st.integers(1, 40))
 def test_attack_grid_ladder_is_monotone_in_eps(case, batch_rows):
     model, x, y, grid, norm, attack, seed = case
-    fooled, deltas = attack_grid(model, x, y, grid, norm, attack, torch.Generator().manual_seed(seed), batch_rows=batch_rows)
+    fooled, deltas, _ = attack_grid(model, x, y, grid, norm, attack, rng(seed, len(y)), batch_rows=batch_rows)
     assert fooled.shape == (len(y), len(grid)) and fooled.dtype == torch.bool
     for i in range(len(grid)):
         for j in range(i + 1, len(grid)):
@@ -365,7 +379,7 @@ def test_ladder_inherited_row_keeps_the_smaller_eps_adversarial():
     assert res.fooled.tolist() == [[True, True]]
     with torch.no_grad():
         assert (model(res.x_adv).argmax(1) != y).all(), f"x_adv = {res.x_adv.flatten().tolist()}"
-    fooled, deltas = attack_grid(model, x, y, grid, Linf, fgsm, torch.Generator().manual_seed(0))
+    fooled, deltas, _ = attack_grid(model, x, y, grid, Linf, fgsm, rng(0, len(y)))
     assert fooled.tolist() == [[True, True]]
     torch.testing.assert_close(deltas["linf"][0], torch.tensor(0.07, dtype=torch.float64))
 
@@ -410,8 +424,8 @@ def test_attack_grid_never_weaker_than_separate_runs(never_weaker_setup, name, n
     model, x, y = never_weaker_setup
     assert len(y) >= 150
     grid, norm = GRIDS[norm_name], NORMS[norm_name]
-    attack = attacks.make(name, steps=10)
-    batched, _ = attack_grid(model, x, y, grid, norm, attack, torch.Generator().manual_seed(0), batch_rows=10**6)
+    attack = build_attack(name, steps=10)
+    batched, _, _ = attack_grid(model, x, y, grid, norm, attack, rng(0, len(y)), batch_rows=10**6)
     separate = attack_each_eps_separately(model, x, y, grid, norm, attack, seed=0)  # same random starts
     assert batched.shape == separate.shape == (len(y), len(grid))
     # Not a trivial setting: at a middle eps some, but not all, points are fooled.

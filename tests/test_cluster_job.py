@@ -2,7 +2,7 @@
 submitted with the real CLI exactly as a user would (`ray job submit --runtime-env
 jobs/runtime_env.yaml --working-dir . -- python -m jobs.sweep ...`), trials on both nodes.
 
-About two minutes on two cores; part of `make test`, and alone: `make test-cluster`.
+Part of `make test-slow`, and alone: `make test-cluster`.
 
 How the cluster is started, and why:
 
@@ -52,11 +52,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's bin: python and the `ray` CLI
 STUDY = "search_spaces/quickstart.yaml"
-QUICKSTART_ROWS = 416  # 8 trials x 52 rows (`python -m jobs.sweep ... --dry-run` says so)
+QUICKSTART_ROWS = 520  # 8 trials x 65 rows (`python -m jobs.sweep ... --dry-run` says so)
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 1500
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only (/proc)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux only (/proc)")]
 
 
 # --- the cluster process -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from study import attacks, data, geometry, models
 from study.attacks.cw import CarliniWagnerL2
 from study.norms import L2, Linf
+from study.rng import PointRNG
 from study.spec import DataSpec, TrainConfig
 from study.train import init_model, predict, train
 
@@ -31,7 +32,7 @@ def test_cw_finds_smaller_l2_perturbations_than_pgd_on_the_points_both_fool(stan
     with torch.no_grad():
         assert (model(x_best[found]).argmax(1) != y[found]).all()
     for eps in (1.0, 1.5, 2.0):
-        res = attacks.make("pgd", steps=40).run(model, x, y, torch.full((len(y),), eps), L2, generator=torch.Generator().manual_seed(0))
+        res = attacks.make("pgd", steps=40).run(model, x, y, torch.full((len(y),), eps), L2, rng=PointRNG.for_points(0, len(y)))
         pgd_dist = L2.measure(res.x_adv - x)
         both = res.fooled & found
         # On the same points: C&W's adversarials are closer than PGD's.

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from study import artifacts, models
+from analysis.load import read_artifact
+from study import models
 from study.evaluators import EvalContext, distances
 from study.seeds import stream_seed
 from study.results import to_table
@@ -141,9 +142,9 @@ def _check_rows_and_artifacts(ctx, axes, x, y):
     rows = distances.evaluate(ctx, axes)
     to_table(rows)  # every key is a schema column
     assert len(rows) == axes.n_rows(False) == len(axes.norms) * len(axes.per_class) * len(axes.quantiles)
-    cells = artifacts.read(ctx.results_uri, "class_distances")
-    near = artifacts.read(ctx.results_uri, "nearest_other")
-    eps = artifacts.read(ctx.results_uri, "class_eps")
+    cells = read_artifact(ctx.results_uri, "class_distances")
+    near = read_artifact(ctx.results_uri, "nearest_other")
+    eps = read_artifact(ctx.results_uri, "class_eps")
     for per_class in axes.per_class:
         idx = distances.sample(y, per_class, stream_seed(ctx.seed, "distances", per_class), 3)
         ys = y[idx].numpy()
@@ -198,7 +199,7 @@ def test_class_eps_is_what_evaluate_reports(tmp_path):
     ctx = _ctx(tmp_path, seed=3)
     axes = DistancesEval(evaluator="distances", per_class=[4], quantiles=[0.1, 0.5, 0.9], fraction=0.3)
     rows = distances.evaluate(ctx, axes)
-    table = artifacts.read(ctx.results_uri, "class_eps")
+    table = read_artifact(ctx.results_uri, "class_eps")
     for norm in NORMS:
         got = distances.class_eps(ctx.x_train, ctx.y_train, 3, norm, 4, axes.quantiles, axes.fraction, ctx.seed)
         assert got.shape == (3, 3) and got.dtype == torch.float64

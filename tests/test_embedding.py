@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import artifacts, models, objectives
+from analysis.load import read_artifact
+from study import models, objectives
 from study.attacks.embedding import EmbeddingPGD
 from study.evaluators import EvalContext, embedding
 from study.spec import EmbeddingEval, NormAxes, TrainConfig
@@ -98,7 +99,7 @@ def test_embedding_evaluator(trained_triplet, tmp_path):
     assert summary["knn_acc"] == pytest.approx((y[torch.cdist(et, e).argmin(1)] == yt).float().mean().item())
     assert summary["within_mean"] < summary["between_mean"]
     pgd = [r for r in rows if r.get("attack") == "pgd"]
-    adv = artifacts.read(str(tmp_path), "embedding_adversaries")
+    adv = read_artifact(str(tmp_path), "embedding_adversaries")
     fooled = adv.filter(adv["attack"] == "pgd", adv["fooled"])
     for r in pgd:
         inside = (fooled["embed_dist"] <= r["embed_eps"]).mean() if fooled.height else None
@@ -108,7 +109,7 @@ def test_embedding_evaluator(trained_triplet, tmp_path):
     epgd = adv.filter(adv["attack"] == "embedding-pgd")
     for eps in (0.2, 1.0):
         assert epgd.filter(epgd["embed_eps"] == eps)["embed_dist"].max() <= eps
-    hist = artifacts.read(str(tmp_path), "embedding_distances")
+    hist = read_artifact(str(tmp_path), "embedding_distances")
     n = 3 * 10
     assert hist["count"].sum() == n * (n - 1) // 2  # every unordered pair of the sample, once
     # Models without an embedding skip the evaluator.

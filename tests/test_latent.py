@@ -156,8 +156,9 @@ def test_budgets_above_the_round_cap_raise():
     assert 0.5 <= res.dist.item() <= 0.6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_runs_on_the_device_of_z0():
+    assert torch.cuda.is_available(), "a cuda test runs where there is a CUDA GPU (benchmarks/gpu_check.sh)"
     lin = Linear(2, [0.42, -1.21])
     cuda = torch.device("cuda")
     A, b, w = lin.A.to(cuda), lin.b.to(cuda), lin.w.to(cuda)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from study import artifacts, data, generative
+from analysis.load import read_artifact
+from study import data, generative
 from study.spec import load_spec
 from study.store import ModelStore
 from study.train import predict
@@ -85,14 +86,14 @@ def test_the_hybrid_search_finds_closer_adversaries_per_query_at_small_budgets(n
 
 
 def test_natural_adversaries_fool_the_model_and_the_images_are_kept(natural_sweep):
-    images = artifacts.read(str(natural_sweep.results), "natural_images")
+    images = read_artifact(str(natural_sweep.results), "natural_images")
     assert images is not None
     assert images.get_column("trial_id").n_unique() == 2
     x = images.filter(pl.col("kind") == "x")
     assert (x.get_column("pred") == x.get_column("label")).all()  # searched from correct points
     nat = images.filter(pl.col("kind") == "natural", pl.col("pred").is_not_null())
     assert nat.height > 0 and (nat.get_column("pred") != nat.get_column("label")).all()
-    points = artifacts.read(str(natural_sweep.results), "natural")
+    points = read_artifact(str(natural_sweep.results), "natural")
     cnn, x_test, y_test = natural_sweep.stored_model(lambda cfg: cfg["model"] == "cnn")
     cnn_id = natural_sweep.frame().filter(pl.col("model") == "cnn").get_column("trial_id").first()
     searched = points.filter(pl.col("trial_id") == cnn_id, pl.col("latent_search") == "iterative").get_column("point").to_list()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import artifacts, models
+from analysis.load import read_artifact
+from study import models
 from study.evaluators import EvalContext, distances, robustness
 from study.spec import NormAxes, PerClassEps, RobustnessEval
 
@@ -26,7 +27,7 @@ def test_per_class_rows_and_artifact(model_name, tmp_path):
     x, y = _data(30, 1)
     ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=x_train, y_train=y_train, trial_id="t", results_uri=str(tmp_path))
     axes = RobustnessEval(
-        evaluator="robustness", attacks=["fgsm", "pgd"], norms={"l2": NormAxes(eps=[0, 0.5])}, steps=3, eot_samples=2,
+        evaluator="robustness", attacks=["fgsm", {"name": "pgd", "steps": 3}], norms={"l2": NormAxes(eps=[0, 0.5])}, eot_samples=2,
         per_class_eps=PerClassEps(quantiles=[0.2, 0.8], fraction=0.5, per_class=10),
     )
     rows = robustness.evaluate(ctx, axes)
@@ -34,7 +35,7 @@ def test_per_class_rows_and_artifact(model_name, tmp_path):
     ruled = [r for r in rows if r.get("eps_rule")]
     assert len(ruled) == 2 * 2 * 3  # quantiles x rules x (fgsm, pgd, worst)
     suggested = distances.class_eps(x_train, y_train, 3, "l2", 10, [0.2, 0.8], 0.5, seed=0)
-    art = artifacts.read(str(tmp_path), "class_eps_robustness")
+    art = read_artifact(str(tmp_path), "class_eps_robustness")
     for qi, q in enumerate([0.2, 0.8]):
         mean_eps = suggested[qi][y].mean().item()
         for rule, column in (("per-class", "acc_per_class"), ("uniform", "acc_uniform")):

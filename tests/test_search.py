@@ -96,3 +96,21 @@ def test_single_objective_optuna_marks_its_best_trial(grid_and_optuna, tmp_path,
     assert at["trial_id"].n_unique() >= 1
     best = at.filter(pl.col("robust_acc") == at["robust_acc"].max())
     assert set(at.filter("search_pareto")["trial_id"]) == set(best["trial_id"])
+
+
+def test_repeats_of_a_grid_are_distinct_trials_with_their_own_seeds():
+    """num_samples: 3 on a grid used to run each config three times with the same seed and the
+    same trial id (one file, overwritten): now each repeat is a seed of its own."""
+    from study.spec import parse_spec
+    from study.trial import trial_id
+    from study.spec import TrainConfig
+
+    spec = parse_spec({
+        "name": "repeats", "seed": 5, "train": {"model": {"grid": ["logreg", "mlp"]}},
+        "evaluate": [{"evaluator": "rubbish"}], "search": {"kind": "grid", "num_samples": 3},
+    })
+    configs = spec.grid_configs()
+    assert len(configs) == spec.n_trials() == 6
+    assert sorted((c["model"], c["seed"]) for c in configs) == [(m, s) for m in ("logreg", "mlp") for s in (5, 6, 7)]
+    assert len({trial_id(spec.name, TrainConfig.model_validate(c)) for c in configs}) == 6
+    assert "seed" in spec.label_axes()

@@ -33,8 +33,7 @@ BASE = {
     "evaluate": [
         {
             "evaluator": "robustness",
-            "attacks": ["fgsm", "bim", "pgd"],
-            "steps": 10,
+            "attacks": ["fgsm", {"name": "bim", "steps": 10}, {"name": "pgd", "steps": 10}],
             "norms": {
                 "linf": {"eps": [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]},
                 "l2": {"eps": [0, 0.5, 1, 1.5, 2, 3]},
@@ -131,8 +130,21 @@ CASES = [
     ("eps-duplicate", _set(("evaluate", 0, "norms", "l2", "eps"), [0, 0.5, 1, 0.5]), "evaluate[0].norms.l2.eps"),
     ("eps-empty", _set(("evaluate", 0, "norms", "l2", "eps"), []), "evaluate[0].norms.l2.eps"),
     ("eps-string", _set(("evaluate", 0, "norms", "l2", "eps"), [0, "big"]), "evaluate[0].norms.l2.eps[1]"),
-    ("steps-zero", _ev("steps", 0), "evaluate[0].steps"),
-    ("restarts-string", _ev("restarts", "many"), "evaluate[0].restarts"),
+    ("steps-beside-the-attacks", _ev("steps", 10), "evaluate[0].steps"),
+    ("steps-zero", _ev("attacks", ["fgsm", {"name": "pgd", "steps": 0}]), "evaluate[0].attacks[1].steps"),
+    ("restarts-string", _ev("attacks", [{"name": "pgd", "restarts": "many"}]), "evaluate[0].attacks[0].restarts"),
+    ("option-the-attack-lacks", _ev("attacks", [{"name": "fgsm", "steps": 10}]), "evaluate[0].attacks[0].steps"),
+    ("attack-without-name", _ev("attacks", [{"steps": 10}]), "evaluate[0].attacks[0].name"),
+    ("unknown-preset", _ev("attacks", "autoattack-plus"), "evaluate[0].attacks"),
+    ("apgd-t-targets-zero", _ev("attacks", [{"name": "apgd-t", "targets": 0}]), "evaluate[0].attacks[0].targets"),
+    ("square-p-init-above-1", _ev("attacks", [{"name": "square", "p_init": 1.5}]), "evaluate[0].attacks[0].p_init"),
+    ("cascade-not-a-bool", _ev("cascade", "maybe"), "evaluate[0].cascade"),
+    ("rows-collide", _set(("evaluate",), [
+        {"evaluator": "robustness", "attacks": ["fgsm", "pgd"], "norms": {"linf": {"eps": [0.1, 0.2]}}},
+        {"evaluator": "robustness", "attacks": ["fgsm", "pgd"], "norms": {"linf": {"eps": [0.2, 0.3]}}},
+    ]), "evaluate[1]"),
+    ("second-rubbish-entry", _set(("evaluate",), [{"evaluator": "rubbish"}, {"evaluator": "rubbish", "samples": 10}]), "evaluate[1]"),
+    ("repeats-with-a-seed-grid", _edit(lambda spec, tmp_path: {**spec, "train": {**spec["train"], "seed": {"grid": [0, 1]}}, "search": {"kind": "grid", "num_samples": 2}}), "search.num_samples"),
     ("eval-unknown-field", _ev("iterations", 5), "evaluate[0].iterations"),
     ("unknown-evaluator", _ev("evaluator", "certified"), "evaluate[0]"),
     ("missing-evaluator", _delete(("evaluate", 0, "evaluator")), "evaluate[0]"),
@@ -216,10 +228,13 @@ CASES = [
     ("generative-unknown-arch", _edit(lambda spec, tmp_path: {**spec, "evaluate": [{"evaluator": "natural"}], "generative": {"arch": "vae"}}), "generative.arch"),
     ("generative-untrained-inverter", _edit(lambda spec, tmp_path: {**spec, "evaluate": [{"evaluator": "natural"}], "generative": {"inverter_steps": 0}}), "generative.inverter_steps"),
     ("uncertainty-cw-options-on-pgd", _bnn(("evaluate", 0, "inputs"), [{"attack": "pgd", "eps": [0.1], "cw": {"confidence": 1}}]), "evaluate[0].inputs[0].cw"),
+    ("uncertainty-apgd-t", _bnn(("evaluate", 0, "inputs"), [{"attack": "apgd-t", "eps": [0.1]}]), "evaluate[0].inputs[0].attack"),
     ("uncertainty-baseline-too-large", _bnn(("evaluate", 0, "baseline"), 1000), "evaluate[0].baseline"),
-    ("cw-confidence-negative", _ev("cw", {"confidence": -1}), "evaluate[0].cw.confidence"),
-    ("cw-unknown-option", _ev("cw", {"iterations": 10}), "evaluate[0].cw.iterations"),
+    ("cw-confidence-negative", _ev("attacks", [{"name": "cw", "confidence": -1}]), "evaluate[0].attacks[0].confidence"),
+    ("cw-unknown-option", _ev("attacks", [{"name": "cw", "iterations": 10}]), "evaluate[0].attacks[0].iterations"),
+    ("cw-options-beside-the-attacks", _ev("cw", {"confidence": 1}), "evaluate[0].cw"),
     ("apgd-dlr-on-two-classes", _two_classes_dlr, "evaluate[0]"),
+    ("default-attacks-on-three-classes", _edit(lambda spec, tmp_path: {**spec, "data": {"dataset": "mnist-5k", "classes": [1, 3, 7]}, "evaluate": [{"evaluator": "robustness", "norms": {"linf": {"eps": [0.1]}}}]}), "apgd-t needs at least 4 classes"),
     ("transfer-no-eps", _set(("evaluate",), [{"evaluator": "transfer"}]), "evaluate[0].eps"),
     ("variant-param-the-model-lacks", _set(("train", "model"), {"grid": ["cnn", {"name": "logreg", "margin": 0.5}]}), "train.model.grid[1]"),
     ("variant-without-name", _set(("train", "model"), {"grid": [{"margin": 0.5}]}), "train.model.grid[0]"),
@@ -340,9 +355,10 @@ def test_valid_spec_dry_run(tmp_path, capsys):
 
 
 def test_repo_quickstart_dry_run(tmp_path, capsys):
-    """The shipped quickstart.yaml itself is valid and plans 8 trials / 416 rows."""
+    """The shipped quickstart.yaml itself is valid and plans 8 trials / 520 rows: the default
+    evaluation's four attacks and `worst` at 13 (norm, eps) points."""
     rc = sweep.main([str(REPO / "search_spaces" / "quickstart.yaml"), "--results", str(tmp_path / "results"), "--dry-run"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "quickstart: 8 trials" in out and "416 rows" in out, out
+    assert "quickstart: 8 trials" in out and "520 rows" in out, out
     assert list(tmp_path.iterdir()) == []

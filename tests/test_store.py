@@ -52,3 +52,41 @@ def test_corrupt_or_mismatched_checkpoint_is_reported_not_used(tmp_path, capsys)
     assert store.load("other", model) is None
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_a_loaded_model_predicts_as_training_left_it(tmp_path):
+    """Training ends in eval mode; a model from the store must too, or BatchNorm layers use
+    batch statistics and the same weights give other numbers."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(64, 1, 8, 8) * 3 + 1)  # running statistics away from the defaults
+    model.eval()
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    store = ModelStore(str(tmp_path))
+    store.save("bn", model, {"train_s": 0.0})
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    assert fresh.training
+    store.load("bn", fresh)
+    assert not fresh.training and not any(m.training for m in fresh.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected)
+
+
+def test_an_unreadable_checkpoint_is_an_error_naming_it_not_a_retrain(tmp_path):
+    """Only a file that does not parse is retrained: an I/O error (here the path is a folder)
+    surfaces, with the file named."""
+    store = ModelStore(str(tmp_path))
+    (tmp_path / "models" / "k.pt").mkdir(parents=True)
+    model = init_model(TrainConfig(model="logreg", seed=0), (1, 8, 8), 10)
+    try:
+        store.load("k", model)
+    except OSError as e:
+        assert "k.pt" in str(e)
+    else:
+        raise AssertionError("an unreadable checkpoint was treated as absent or corrupt")

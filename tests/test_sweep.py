@@ -134,3 +134,68 @@ def test_random_search_samples_training_axes(ray_session, tmp_path, capsys):
     assert trials.height == 4 and df.height == 4 * 2 * 2
     assert trials["weight_decay"].is_between(1e-5, 1e-2).all() and trials["weight_decay"].n_unique() == 4
     assert set(trials["model"]) <= {"logreg", "mlp"} and trials["epochs"].is_between(1, 3).all()
+
+
+def _spec(tmp_path, name, evaluate, **extra):
+    import yaml
+
+    spec = {"name": name, "data": {"dataset": "digits"}, "train": {"model": {"grid": ["logreg", "mlp"]}, "epochs": 2}, "evaluate": evaluate, "resources": {"cpu": 1}, **extra}
+    path = tmp_path / f"{name}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_two_robustness_entries_keep_every_row(ray_session, tmp_path, capsys):
+    """FGSM and PGD in two entries at two eps: 8 rows per model. Their `worst` rows used to
+    share keys (no attack settings in the key), so compaction kept 6 without a word; two C&W
+    entries differing only in initial_c collided the same way."""
+    from jobs.sweep import main
+
+    eps = {"linf": {"eps": [0.1, 0.2]}}
+    path = _spec(tmp_path, "entries", [
+        {"evaluator": "robustness", "attacks": ["fgsm"], "norms": eps},
+        {"evaluator": "robustness", "attacks": [{"name": "pgd", "steps": 5}], "norms": eps},
+        {"evaluator": "robustness", "attacks": [{"name": "cw", "steps": 10, "search_steps": 2, "initial_c": 0.1}], "norms": {"l2": {"eps": [1.0]}}},
+        {"evaluator": "robustness", "attacks": [{"name": "cw", "steps": 10, "search_steps": 2, "initial_c": 10.0}], "norms": {"l2": {"eps": [1.0]}}},
+    ])
+    capsys.readouterr()
+    assert main([str(path), "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    df = pl.read_parquet(tmp_path / "results" / "results.parquet")
+    assert df.height == 2 * (8 + 4) and df["row_key"].n_unique() == df.height
+    assert "rows: 24 (2 trials)" in out
+    worst = df.filter(pl.col("attack") == "worst", pl.col("norm") == "linf")
+    assert sorted(worst["ensemble"].unique().to_list()) == ["fgsm", "pgd"]
+    assert df.filter(pl.col("attack") == "cw")["attack_options"].n_unique() == 2
+
+
+def test_a_results_folder_belongs_to_one_study(ray_session, tmp_path, capsys):
+    """Another study's folder is refused (one line, exit 2, nothing touched) unless --overwrite;
+    a new run of the same study drops what the last run left (its study evaluators' rows, trial
+    files of configs it no longer has), so neither results.parquet nor a report made while it
+    runs mixes the two."""
+    from jobs.sweep import main
+
+    results = tmp_path / "results"
+    first = _spec(tmp_path, "alpha", [{"evaluator": "robustness", "attacks": ["fgsm"], "norms": {"linf": {"eps": [0.1]}}}, {"evaluator": "transfer", "eps": [0.1]}])
+    assert main([str(first), "--results", str(results)]) == 0
+    before = sorted(p.name for p in results.rglob("*.parquet"))
+    assert "transfer.parquet" in before
+
+    other = _spec(tmp_path, "beta", [{"evaluator": "rubbish", "samples": 50}])
+    capsys.readouterr()
+    assert main([str(other), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds study 'alpha'" in err and "--overwrite" in err
+    assert sorted(p.name for p in results.rglob("*.parquet")) == before
+
+    # The same study again, without its transfer evaluator and with one model fewer.
+    again = _spec(tmp_path, "alpha", [{"evaluator": "robustness", "attacks": ["fgsm"], "norms": {"linf": {"eps": [0.1]}}}], train={"model": "mlp", "epochs": 2})
+    assert main([str(again), "--results", str(results)]) == 0
+    df = pl.read_parquet(results / "results.parquet")
+    assert set(df["evaluator"]) == {"robustness"} and set(df["model"]) == {"mlp"}
+    assert not (results / "study").exists() and len(list((results / "trials").glob("*.parquet"))) == 1
+
+    assert main([str(other), "--results", str(results), "--overwrite"]) == 0
+    df = pl.read_parquet(results / "results.parquet")
+    assert set(df["study"]) == {"beta"} and set(df["evaluator"]) == {"rubbish"}

@@ -15,16 +15,21 @@ PGD with momentum and a step size that adapts per point, with no parameter to tu
 
 Losses: cross-entropy, and the shift- and scale-invariant difference of logits ratio
 dlr(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), z sorted descending (z_pi1 >= ...).
+APGD-T (the targeted attack of AutoAttack) maximises the targeted DLR loss
+-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for each of the ``targets`` classes the model
+ranks highest after the first at the clean point (the 2nd, 3rd, ... most likely), one full run per
+target on the points not yet fooled; any misclassification counts as a success, as in AutoAttack.
 
 Batching follows ``study.attacks.gradient`` (same ``eps`` shapes, ``AttackResult``, ``frozen``):
 eps is per point, (N,) or an (N, L) ascending ladder. With ``early_stop`` (evaluation) an iterate
 that is misclassified ends its point's attack and is kept; along a ladder only the points that
 survive a level (every restart) are attacked at the next one, and an adversarial at distance d
-counts at every level >= its own and at every lower level with eps >= d. Restarts re-draw the
-random start and attack only points not yet fooled. The random starts are drawn up front, one per
-point and restart, and reused (scaled by the eps) at every level, so a level's run follows the same
-trajectory as a separate run at that eps, independent of chunking (``max_rows``) and of which
-other points are still in the batch.
+counts at every level >= its own and at every lower level with eps >= d; ``levels`` (a cascade)
+ends a point's ladder early. Restarts re-draw the random start and attack only points not yet
+fooled. The random starts come from ``rng`` (study.rng.PointRNG), one per point, target and
+restart, the same (scaled by the eps) at every level, so a level's run follows the same trajectory
+as a separate run at that eps, independent of chunking (``max_rows``), of which other points are
+in the batch, and of the device.
 
 Choices where the paper and the reference code (fra31/auto-attack, autopgd_base.py) differ
 slightly, all following the paper: condition 1 is strict (< rho * phase length) and counts the steps
@@ -46,9 +51,10 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from study.attacks.gradient import AttackResult, frozen, per_point
+from study.attacks.gradient import AttackResult, frozen, per_point, prepare
+from study.types import PosFloat, PosInt
 
-_LOSSES = ("ce", "dlr")
+_LOSSES = ("ce", "dlr", "dlr-targeted")
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -76,72 +82,100 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - z_other) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)."""
+    if logits.shape[1] < 4:
+        raise ValueError("apgd-t needs at least 4 classes")
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    z_t = logits.gather(1, target[:, None])[:, 0]
+    top = logits.topk(4, dim=1).values
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
 def _loss_fn(loss: str):
+    """loss(logits, y, target) per row; the untargeted losses ignore the target."""
     if loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+        return lambda logits, y, target: F.cross_entropy(logits, y, reduction="none")
     if loss == "dlr":
-        return dlr_loss
+        return lambda logits, y, target: dlr_loss(logits, y)
+    if loss == "dlr-targeted":
+        return targeted_dlr_loss
     raise ValueError(f"unknown APGD loss {loss!r} (known: {', '.join(_LOSSES)})")
 
 
-def _unit_start(norm, shape, generator, dtype, device) -> torch.Tensor:
+def _unit_start(norm, rng, shape, dtype) -> torch.Tensor:
     """AutoAttack's random start, for a unit radius: uniform in the cube for Linf; for L2 a Gaussian
     direction, normalized (on the sphere; the ball sample's direction is that Gaussian direction)."""
-    u = norm.unit_ball_sample(shape, generator, dtype, device)
+    u = norm.unit_ball_sample(rng, shape, dtype=dtype)
     return norm.ascent_direction(u) if norm.name == "l2" else u
+
+
+def ranked_targets(model, x, y, k: int, max_rows=None) -> torch.Tensor:
+    """(N, k): the classes the model ranks 2nd, 3rd, ... (k+1)th at each clean point."""
+    with torch.no_grad():
+        logits = torch.cat([model(part) for part in x.split(max_rows or max(len(x), 1))]) if len(x) else None
+    if logits is None:
+        return torch.zeros(0, k, dtype=torch.long, device=x.device)
+    return logits.argsort(dim=1, descending=True, stable=True)[:, 1 : k + 1]
 
 
 @dataclass(frozen=True)
 class APGD:
-    name: str  # "apgd-ce" or "apgd-dlr"
-    loss: str  # "ce" or "dlr"
+    name: str  # "apgd-ce", "apgd-dlr" or "apgd-t"
+    loss: str  # "ce", "dlr" or "dlr-targeted"
     steps: int = 100
     step_size: float = 2.0  # initial eta relative to eps (eta = 2 * eps)
     restarts: int = 1
     rho: float = 0.75
     momentum: float = 0.75
+    targets: int | None = None  # apgd-t: how many of the most likely other classes to target
 
-    def __call__(self, model, x, y, eps, norm, *, generator=None) -> torch.Tensor:
+    def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
         """Plain attack (training use): every point's best-loss iterate, no early stop."""
-        return self.run(model, x, y, eps, norm, early_stop=False, generator=generator).x_adv
+        return self.run(model, x, y, eps, norm, early_stop=False, rng=rng).x_adv
 
-    def run(self, model, x, y, eps, norm, *, early_stop=True, generator=None, max_rows=None) -> AttackResult:
+    def options(self) -> dict:
+        """The settings its result rows record."""
+        own = dict(steps=self.steps, step_size=self.step_size, restarts=self.restarts)
+        return own if self.targets is None else {**own, "targets": self.targets}
+
+    def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
         """Attack every point; ``max_rows`` bounds the batch (all points at once when None)."""
         loss_fn = _loss_fn(self.loss)
-        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-        ladder = eps.dim() == 2
-        if not early_stop and (self.restarts != 1 or ladder):
-            raise ValueError("restarts > 1 and eps ladders need early_stop (which iterate to keep is otherwise undefined)")
-        eps = eps if ladder else eps.expand(len(x))[:, None]
+        if self.targets is not None and not early_stop:
+            raise ValueError("apgd-t runs one attack per target and needs early_stop (which target's iterate to keep is otherwise undefined)")
+        eps, ladder, rng, levels = prepare(x, eps, rng, levels, early_stop, self.restarts)
         n, n_levels = eps.shape
         x = x.detach()
-        # One start per restart and point, drawn up front (see the module docstring).
-        units = [_unit_start(norm, x.shape, generator, x.dtype, x.device) for _ in range(self.restarts)]
         x_adv = x.clone()
         fooled = torch.zeros(eps.shape, dtype=torch.bool, device=x.device)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)  # fooled at some level
         top_loss = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)  # survivors, top level
-        levels = torch.arange(n_levels, device=x.device)
+        steps_up = torch.arange(n_levels, device=x.device)
         with frozen(model):
+            n_targets = 1 if self.targets is None or not n else min(self.targets, _n_classes(model, x) - 1)
+            target = ranked_targets(model, x, y, n_targets, max_rows) if self.targets is not None else y[:, None]
             for level in range(n_levels):
-                for restart in range(self.restarts):
-                    todo = (~found).nonzero().squeeze(1)
-                    if not len(todo):
-                        break
-                    for pts in todo.split(max_rows or max(len(todo), 1)):
-                        e = eps[pts, level]
-                        start = self._project(x[pts], x[pts] + units[restart][pts] * per_point(e, x), e, norm)
-                        best, best_loss, hit, adv = self._attack(model, loss_fn, x[pts], y[pts], e, start, norm, early_stop)
-                        if hit.any():
-                            p = pts[hit]
-                            dist = norm.measure(adv[hit] - x[p])
-                            x_adv[p] = adv[hit]
-                            found[p] = True
-                            # At its own level and above by construction (the measured distance may
-                            # exceed that eps by rounding); below it wherever the distance fits.
-                            fooled[p] = (levels >= level) | (eps[p] >= dist[:, None])
-                        if level == n_levels - 1:  # a point never fooled keeps its best-loss iterate
-                            keep = ~hit & (best_loss > top_loss[pts])
+                for t in range(n_targets):
+                    for restart in range(self.restarts):
+                        todo = (~found & (level < levels)).nonzero().squeeze(1)
+                        if not len(todo):
+                            break
+                        for pts in todo.split(max_rows or max(len(todo), 1)):
+                            e = eps[pts, level]
+                            unit = _unit_start(norm, rng[pts].fold(t * self.restarts + restart), x.shape[1:], x.dtype)
+                            start = self._project(x[pts], x[pts] + unit * per_point(e, x), e, norm)
+                            best, best_loss, hit, adv = self._attack(model, loss_fn, x[pts], y[pts], target[pts, t], e, start, norm, early_stop)
+                            if hit.any():
+                                p = pts[hit]
+                                dist = norm.measure(adv[hit] - x[p])
+                                x_adv[p] = adv[hit]
+                                found[p] = True
+                                # At its own level and above by construction (the measured distance
+                                # may exceed that eps by rounding); below it wherever the distance fits.
+                                fooled[p] = (steps_up >= level) | (eps[p] >= dist[:, None])
+                            last = level == levels[pts] - 1  # a point never fooled keeps its best-loss iterate
+                            keep = ~hit & last & (best_loss > top_loss[pts])
                             x_adv[pts[keep]] = best[keep]
                             top_loss[pts[keep]] = best_loss[keep]
         return AttackResult(x_adv, fooled if ladder else fooled[:, 0])
@@ -151,7 +185,7 @@ class APGD:
         """P: onto the eps-ball around x (the norm's projection), then into the box [0, 1]."""
         return (x + norm.project(point - x, eps)).clamp(0, 1)
 
-    def _attack(self, model, loss_fn, x, y, eps, start, norm, early_stop):
+    def _attack(self, model, loss_fn, x, y, target, eps, start, norm, early_stop):
         """One APGD run from ``start`` on a batch, at one radius per row. Returns, per row, the
         best-loss iterate and its loss, whether an iterate was misclassified (only with early_stop:
         the row then left the batch) and that iterate."""
@@ -159,10 +193,10 @@ class APGD:
         out_best, out_loss = x.clone(), torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
         out_hit, out_adv = torch.zeros(n, dtype=torch.bool, device=x.device), x.clone()
 
-        loss, grad, wrong = _evaluate(model, loss_fn, start, y)
+        loss, grad, wrong = _evaluate(model, loss_fn, start, y, target)
         # The per-row state, compacted together when rows leave the batch.
         s = _State(
-            x=x, y=y, eps=eps,
+            x=x, y=y, target=target, eps=eps,
             rows=torch.arange(n, device=x.device),  # the batch rows still attacked, into the outputs
             xk=start, x_prev=start,  # x^k and x^{k-1} (unused by the first, momentum-free step)
             grad=grad,
@@ -191,7 +225,7 @@ class APGD:
             z = self._project(s.x, s.xk + per_point(s.eta, s.xk) * norm.ascent_direction(s.grad), s.eps, norm)
             x_next = self._project(s.x, s.xk + a * (z - s.xk) + (1 - a) * (s.xk - s.x_prev), s.eps, norm)
             s.x_prev, s.xk = s.xk, x_next
-            loss, s.grad, wrong = _evaluate(model, loss_fn, s.xk, s.y)
+            loss, s.grad, wrong = _evaluate(model, loss_fn, s.xk, s.y, s.target)
             s.n_up = s.n_up + (loss > s.loss_prev)
             s.loss_prev = loss
             better = loss > s.loss_best  # a new x_max
@@ -231,23 +265,34 @@ class _State:
             self.__dict__[k] = v[mask]
 
 
-def _evaluate(model, loss_fn, xk, y):
+def _n_classes(model, x) -> int:
+    with torch.no_grad():
+        return model(x[:1]).shape[1]
+
+
+def _evaluate(model, loss_fn, xk, y, target):
     """Per-row loss at ``xk``, its input gradient, and which rows ``xk`` misclassifies: one forward
     and one backward pass."""
     xk = xk.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xk)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y, target)
         (grad,) = torch.autograd.grad(loss.sum(), xk)
     return loss.detach(), grad, logits.detach().argmax(1) != y
 
 
-def apgd_ce(steps=None, step_size=None, restarts=1) -> APGD:
-    return APGD("apgd-ce", "ce", 100 if steps is None else steps, 2.0 if step_size is None else step_size, restarts)
+def apgd_ce(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1) -> APGD:
+    """APGD on cross-entropy; ``step_size``: the initial eta relative to eps (2 * eps)."""
+    return APGD("apgd-ce", "ce", steps, step_size, restarts)
 
 
-def apgd_dlr(steps=None, step_size=None, restarts=1) -> APGD:
-    return APGD("apgd-dlr", "dlr", 100 if steps is None else steps, 2.0 if step_size is None else step_size, restarts)
+def apgd_dlr(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1) -> APGD:
+    return APGD("apgd-dlr", "dlr", steps, step_size, restarts)
 
 
-APGD_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr}
+def apgd_t(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, targets: PosInt = 9) -> APGD:
+    """AutoAttack's APGD-T: 100 iterations per target, the 9 most likely other classes."""
+    return APGD("apgd-t", "dlr-targeted", steps, step_size, restarts, targets=targets)
+
+
+APGD_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr, "apgd-t": apgd_t}

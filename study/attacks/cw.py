@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from study.attacks.gradient import AttackResult, frozen, per_point
+from study.types import NonNegFloat, PosFloat, PosInt
 
 _TANH_SCALE = 1 - 1e-6  # atanh(+-1) is infinite: pixels at exactly 0 or 1 start just inside
 
@@ -40,13 +41,21 @@ class CarliniWagnerL2:
     confidence: float = 0.0  # kappa: the margin by which another logit must beat the true one
     initial_c: float = 0.1
 
-    def __call__(self, model, x, y, eps, norm, *, generator=None) -> torch.Tensor:
+    def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
         """The closest adversarial per point, projected onto its eps ball (x where none was found)."""
         return self.run(model, x, y, eps, norm, early_stop=False).x_adv
 
-    def run(self, model, x, y, eps, norm, *, early_stop=True, generator=None, max_rows=None) -> AttackResult:
+    def options(self) -> dict:
+        """The settings its result rows record (``step_size`` is Adam's learning rate)."""
+        return dict(steps=self.steps, lr=self.step_size, search_steps=self.search_steps, confidence=self.confidence, initial_c=self.initial_c)
+
+    def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
+        """The search (deterministic: ``rng`` is not used) judged at every eps; ``levels`` (a
+        cascade) skips the points no level of which is left to attack."""
         eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
         moving = (eps.reshape(len(x), -1)[:, -1] > 0) if eps.dim() else (eps > 0).expand(len(x))  # eps = 0 rows cannot move
+        if levels is not None:
+            moving = moving & (levels > 0)
         x_best, found = self.closest(model, x, y, max_rows, only=moving)
         return self.against(x, x_best, found, eps, norm, early_stop)
 
@@ -131,14 +140,10 @@ def _n_classes(model, x_one) -> int:
         return model(x_one).shape[1]
 
 
-def cw(steps=None, step_size=None, restarts=1, confidence=0.0, search_steps=5, initial_c=0.1) -> CarliniWagnerL2:
-    return CarliniWagnerL2(
-        steps=100 if steps is None else steps,
-        step_size=0.1 if step_size is None else step_size,
-        confidence=confidence,
-        search_steps=search_steps,
-        initial_c=initial_c,
-    )
+def cw(steps: PosInt = 100, lr: PosFloat = 0.1, search_steps: PosInt = 5, confidence: NonNegFloat = 0.0, initial_c: PosFloat = 0.1) -> CarliniWagnerL2:
+    """C&W L2: ``steps`` Adam steps at learning rate ``lr`` per value of c, ``search_steps`` rounds
+    of the search over c from ``initial_c``; ``confidence`` is kappa."""
+    return CarliniWagnerL2(steps=steps, step_size=lr, confidence=confidence, search_steps=search_steps, initial_c=initial_c)
 
 
 CW_ATTACKS = {"cw": cw}

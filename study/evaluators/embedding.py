@@ -25,6 +25,7 @@ from study import attacks, norms
 from study.attacks.embedding import EmbeddingPGD
 from study.evaluators import distances
 from study.evaluators.robustness import default_batch_rows
+from study.rng import PointRNG
 from study.seeds import stream_seed
 from study.norms import L2, Linf
 from study.train import predict
@@ -133,8 +134,8 @@ def attack_rows(model, embed, xc, yc, points, n, axes, seed: int, adversaries: d
         attack = attacks.make("pgd", steps=axes.input_steps)
         for eps in sorted(norm_axes.eps):
             t = time.perf_counter()
-            gen = torch.Generator(device=xc.device).manual_seed(stream_seed(seed, "embedding", norm_name, eps))
-            x_adv = torch.cat([attack(model, xc[i : i + max_rows], yc[i : i + max_rows], eps, norms.get(norm_name), generator=gen) for i in range(0, len(yc), max_rows)]) if len(yc) else xc
+            rng = PointRNG(stream_seed(seed, "embedding", norm_name, eps), points.to(xc.device))
+            x_adv = torch.cat([attack(model, xc[i : i + max_rows], yc[i : i + max_rows], eps, norms.get(norm_name), rng=rng[i : i + max_rows]) for i in range(0, len(yc), max_rows)]) if len(yc) else xc
             fooled = predict(model, x_adv) != yc
             dist = (embeddings(embed, x_adv) - e_clean).norm(dim=1)
             delta = x_adv - xc

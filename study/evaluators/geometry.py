@@ -20,6 +20,8 @@ import math
 import torch
 
 from study import geometry, models
+from study.rng import PointRNG
+from study.seeds import stream_seed
 
 BOX_LIMIT = {"linf": 1.0}  # the largest useful radius: the box's Linf diameter; L2: sqrt(d)
 
@@ -44,9 +46,9 @@ def evaluate(ctx, axes) -> list[dict]:
         points = xc[: bis.n_points] if bis.n_points else xc
         labels = ctx.y[ctx.correct][: len(points)]
         for norm in axes.norms:
-            gen = torch.Generator(device=xc.device).manual_seed(ctx.seed)
+            rng = PointRNG(stream_seed(ctx.seed, "geometry", norm), ctx.correct.nonzero().squeeze(1)[: len(points)])
             hi = BOX_LIMIT.get(norm, math.sqrt(xc[0].numel()))
-            found = geometry.minimal_eps_bisection(ctx.model, points, labels, norm, hi=hi, iters=bis.iters, steps=bis.steps, restarts=bis.restarts, generator=gen)
+            found = geometry.minimal_eps_bisection(ctx.model, points, labels, norm, hi=hi, iters=bis.iters, steps=bis.steps, restarts=bis.restarts, rng=rng)
             rows.append(_row(common, "pgd-bisection", norm, found, steps=bis.steps, restarts=bis.restarts))
     return rows
 

@@ -14,32 +14,32 @@ import time
 
 import torch
 
-from study import attacks, norms
+from study import norms
 from study.evaluators import natural
-from study.seeds import stream_seed
+from study.evaluators.robustness import typed_columns
 from study.norms import L2
+from study.rng import PointRNG
+from study.seeds import stream_seed
 
 
 def craft(model, x, y, spec, seed: int, stream: str, generative=None):
     """(eps, x_adv, row columns, seconds) per set of one InputSet ``spec``."""
     start = time.perf_counter()
-    if spec.attack == "natural":
+    if spec.name == "natural":
         with torch.no_grad():
             x_adv, _ = natural.adversaries(lambda inputs: model(inputs).argmax(1), generative, x, y, spec.search, seed)
         s = spec.search
         yield None, x_adv, dict(attack="natural", latent_search=s.kind, latent_samples=s.samples, latent_rounds=s.rounds, latent_dr=s.dr), time.perf_counter() - start
         return
-    if spec.attack == "cw":
-        attack = attacks.make("cw", **spec.cw.attack_options())
+    attack = spec.attack.build()
+    typed = dict(attack=spec.name, attack_options=spec.attack.describe(), **typed_columns(attack))
+    if spec.name == "cw":
         x_adv = attack(model, x, y, math.inf, L2)  # unbounded: the closest adversarial found
-        cols = dict(attack="cw", norm="l2", steps=attack.steps, step_size=attack.step_size, restarts=1, kappa=attack.confidence, search_steps=attack.search_steps)
-        yield None, x_adv, cols, time.perf_counter() - start
+        yield None, x_adv, dict(typed, norm="l2"), time.perf_counter() - start
         return
-    attack = attacks.make(spec.attack, steps=spec.steps, step_size=spec.step_size)
     norm = norms.get(spec.norm)
     for eps in spec.eps:
-        gen = torch.Generator(device=x.device).manual_seed(stream_seed(seed, stream, spec.attack, spec.norm, eps))
+        rng = PointRNG.for_points(stream_seed(seed, stream, spec.name, spec.norm, eps), len(x), x.device)
         start = time.perf_counter()
-        x_adv = attack(model, x, y, eps, norm, generator=gen)
-        cols = dict(attack=attack.name, norm=spec.norm, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
-        yield float(eps), x_adv, cols, time.perf_counter() - start
+        x_adv = attack(model, x, y, eps, norm, rng=rng)
+        yield float(eps), x_adv, dict(typed, norm=spec.norm), time.perf_counter() - start

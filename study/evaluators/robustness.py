@@ -3,10 +3,20 @@
 Per (attack, norm), the whole epsilon grid is one batched attack over rows (point, eps): a row
 stops when it is misclassified, and a point broken at eps_i is broken at every larger eps
 (see study.attacks.gradient). Only points the model classifies correctly are attacked.
-C&W is unbounded: its search runs once per model and is counted at every eps (any norm) its
-adversarials fit. A stochastic (MC-dropout) model is attacked through its ``eot_samples``-draw
-MC predictive (study.mc.attackable), without early stop (``attack_stochastic``), and a success
-counts only where its own prediction is wrong.
+
+With ``cascade`` (AutoAttack's way, and the presets'), each attack only attacks the levels of
+each point that every earlier attack left robust: its rows' ``broken`` counts the points it broke
+that no earlier attack did, and their robust accuracy is the ensemble's after it. Without, each
+attack runs alone on every point and its rows are its own. Either way `worst` is the same: a
+point's attack depends only on the point (its random draws are keyed by its index in the
+evaluation split, study.rng.PointRNG; its gradient is its own loss's), so an attack gives a point
+the same outcome whether or not other attacks ran before it.
+
+Minimal-norm attacks search once and are judged at every eps: FAB-T in the threat norm; C&W
+(L2) once per model, judged in every norm. A stochastic (MC-dropout) model is attacked through
+its ``eot_samples``-draw MC predictive (study.mc.attackable): attacks with a plain call run to
+their final iterate at each eps without early stop (``attack_stochastic``), the others run as
+usual; either way a success counts only where the model's own prediction is wrong.
 
 With ``per_class_eps``, each class c is also attacked at its own eps_c (study.evaluators.
 distances: a fraction of a quantile of its training images' distances to the nearest image of
@@ -21,11 +31,13 @@ import time
 
 import torch
 
-from study import attacks, mc, norms, objectives
+from study import mc, norms, objectives
+from study.attacks.apgd import APGD
 from study.attacks.cw import CarliniWagnerL2
-from study.attacks.gradient import AttackResult, frozen
+from study.attacks.gradient import AttackResult, GradientAttack, frozen
 from study.evaluators import distances
 from study.norms import L2, Linf
+from study.rng import PointRNG
 from study.seeds import stream_seed
 from study.train import predict
 
@@ -33,47 +45,80 @@ from study.train import predict
 def evaluate(ctx, axes) -> list[dict]:
     x, y = ctx.x, ctx.y
     n = len(y)
-    xc, yc = x[ctx.correct], y[ctx.correct]
-    clean_acc = ctx.clean_acc
+    points = ctx.correct.nonzero().squeeze(1)  # the attacked points, by their index in the split
+    xc, yc = x[points], y[points]
     stochastic = mc.is_stochastic(ctx.model)
     model = mc.attackable(ctx.model, axes.eot_samples)
-    eot = dict(eot_samples=axes.eot_samples) if stochastic else {}
-    searches = {}  # norm-free searches (C&W): run once, judged in every norm
+    common = dict(eot_samples=axes.eot_samples) if stochastic else {}
+    specs = axes.attack_list()
+    ensemble = dict(ensemble="+".join(s.name for s in specs), cascade=axes.cascade)
+    searches = {}  # norm-free searches (C&W): run once per point, judged in every norm
     rows = []
     for norm_name, norm_axes in axes.norms.items():
         norm = norms.get(norm_name)
         grid = sorted(e for e in norm_axes.eps if e > 0)
-        broken_by_any = torch.zeros(len(yc), len(grid), dtype=torch.bool)
+        broken = torch.zeros(len(yc), len(grid), dtype=torch.bool)
         total_s = 0.0
-        for attack_name in axes.attacks:
-            attack = make_attack(attack_name, axes)
-            gen = torch.Generator(device=x.device).manual_seed(stream_seed(ctx.seed, attack_name, norm_name))
+        for spec in specs:
+            attack = spec.build()
+            levels = (~broken).sum(1).to(x.device) if axes.cascade else None
+            rng = PointRNG(stream_seed(ctx.seed, "robustness", spec.name, norm_name), points)
             start = time.perf_counter()
-            if isinstance(attack, CarliniWagnerL2):
-                if attack_name not in searches:
-                    searches[attack_name] = attack.closest(model, xc, yc, axes.batch_rows or default_batch_rows(x))
-                fooled, deltas = judge(model, xc, yc, grid, norm, *searches[attack_name])
-            elif stochastic:
-                fooled, deltas = attack_stochastic(model, xc, yc, grid, norm, attack, gen, axes.batch_rows)
-            else:
-                fooled, deltas = attack_grid(model, xc, yc, grid, norm, attack, gen, axes.batch_rows)
+            with _seeded(stochastic, ctx.seed, spec.name, norm_name):
+                fooled, deltas, queries = attack_grid(model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, stochastic, searches)
             eval_s = time.perf_counter() - start
             total_s += eval_s
-            broken_by_any |= fooled
-            rows += _rows(norm_name, norm_axes.eps, grid, fooled, deltas, n, clean_acc, eval_s, {**attack_columns(attack), **eot})
-        rows += _rows(norm_name, norm_axes.eps, grid, broken_by_any, None, n, clean_acc, total_s, dict(attack="worst", **eot))
+            counted = fooled & ~broken if axes.cascade else fooled
+            after = broken | fooled if axes.cascade else fooled
+            broken |= fooled
+            cols = dict(attack=spec.name, attack_options=spec.describe(), **typed_columns(attack), **common, **ensemble)
+            rows += _rows(norm_name, norm_axes.eps, grid, after, counted, deltas, queries, n, ctx.clean_acc, eval_s, cols)
+        cols = dict(attack="worst", attack_options=axes.ensemble(), **common, **ensemble)
+        rows += _rows(norm_name, norm_axes.eps, grid, broken, broken, None, None, n, ctx.clean_acc, total_s, cols)
     if axes.per_class_eps is not None:
-        rows += per_class_eps(ctx, axes, model, xc, yc, stochastic, eot)
+        rows += per_class_eps(ctx, axes, model, points, stochastic, common)
     return rows
 
 
-def per_class_eps(ctx, axes, model, xc, yc, stochastic, eot) -> list[dict]:
+def typed_columns(attack) -> dict:
+    """The attack settings that have columns of their own (``attack_options`` has them all):
+    iterations (1 for FGSM), step size (C&W: Adam's learning rate), restarts, C&W's kappa and
+    search rounds, the targets of APGD-T and FAB-T, Square's query budget."""
+    get = lambda name: getattr(attack, name, None)
+    return dict(
+        steps=get("steps"), step_size=get("step_size"), restarts=get("restarts"), kappa=get("confidence"),
+        search_steps=get("search_steps"), targets=get("targets"), queries_budget=get("queries"),
+    )
+
+
+class _seeded:
+    """A stochastic model's dropout masks come from torch's global generator: seed it per
+    (attack, norm) from the trial's seed, so results do not depend on what ran before."""
+
+    def __init__(self, stochastic: bool, seed: int, *stream):
+        self.fork = torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []) if stochastic else None
+        self.seed = stream_seed(seed, "dropout", *stream)
+
+    def __enter__(self):
+        if self.fork is not None:
+            self.fork.__enter__()
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        if self.fork is not None:
+            self.fork.__exit__(*exc)
+
+
+def per_class_eps(ctx, axes, model, points, stochastic, common) -> list[dict]:
     """Rows (and the ``class_eps_robustness`` artifact) of every attack at the per-class eps
     and at the uniform eps with the same mean, per norm and quantile."""
     pc = axes.per_class_eps
+    xc, yc = ctx.x[points], ctx.y[points]
     n, n_classes = len(ctx.y), int(ctx.y_train.max()) + 1
     class_n = torch.bincount(ctx.y.cpu(), minlength=n_classes)
     art = {c: [] for c in ("norm", "quantile", "fraction", "attack", "class", "eps", "eps_uniform", "n", "acc_per_class", "acc_uniform")}
+    specs = axes.attack_list()
+    ensemble = dict(ensemble="+".join(s.name for s in specs), cascade=axes.cascade)
     rows = []
     for norm_name in pc.norms:
         norm = norms.get(norm_name)
@@ -81,22 +126,28 @@ def per_class_eps(ctx, axes, model, xc, yc, stochastic, eot) -> list[dict]:
         for eps_c, q in zip(suggested.to(ctx.x.device, ctx.x.dtype), pc.quantiles):
             uniform = eps_c[ctx.y].mean()  # the same mean over the evaluated points
             rules = {"per-class": eps_c[yc], "uniform": uniform.expand(len(yc))}
-            common = dict(eps=uniform.item(), eps_quantile=q, eps_fraction=pc.fraction, per_class=pc.per_class)
+            override = dict(eps=uniform.item(), eps_quantile=q, eps_fraction=pc.fraction, per_class=pc.per_class)
             broken = {rule: torch.zeros(len(yc), dtype=torch.bool) for rule in rules}
             by_attack = {}
-            for attack_name in axes.attacks:
-                attack = make_attack(attack_name, axes)
+            for spec in specs:
+                attack = spec.build()
                 for rule, eps in rules.items():
-                    gen = torch.Generator(device=ctx.x.device).manual_seed(stream_seed(ctx.seed, attack_name, norm_name, "per-class-eps", q, rule))
+                    levels = (~broken[rule]).long().to(ctx.x.device) if axes.cascade else None
+                    rng = PointRNG(stream_seed(ctx.seed, "robustness", spec.name, norm_name, "per-class-eps", q, rule), points)
                     start = time.perf_counter()
-                    fooled, deltas = attack_points(model, xc, yc, eps, norm, attack, gen, stochastic, axes.batch_rows)
+                    with _seeded(stochastic, ctx.seed, spec.name, norm_name, "per-class-eps", q, rule):
+                        fooled, deltas, queries = attack_grid(model, xc, yc, [eps], norm, attack, rng, axes.batch_rows, levels, stochastic)
+                    counted = fooled & ~broken[rule][:, None] if axes.cascade else fooled
+                    after = broken[rule][:, None] | fooled if axes.cascade else fooled
                     broken[rule] |= fooled[:, 0]
-                    by_attack[attack_name, rule] = fooled[:, 0]
-                    rows += _rows(norm_name, [1.0], [1.0], fooled, deltas, n, ctx.clean_acc, time.perf_counter() - start, {**attack_columns(attack), **eot}, {**common, "eps_rule": rule})
+                    by_attack[spec.name, rule] = after[:, 0]
+                    cols = dict(attack=spec.name, attack_options=spec.describe(), **typed_columns(attack), **common, **ensemble)
+                    rows += _rows(norm_name, [1.0], [1.0], after, counted, deltas, queries, n, ctx.clean_acc, time.perf_counter() - start, cols, {**override, "eps_rule": rule})
             for rule, fooled in broken.items():
                 by_attack["worst", rule] = fooled
-                rows += _rows(norm_name, [1.0], [1.0], fooled[:, None], None, n, ctx.clean_acc, None, dict(attack="worst", **eot), {**common, "eps_rule": rule})
-            for attack_name in [*axes.attacks, "worst"]:
+                cols = dict(attack="worst", attack_options=axes.ensemble(), **common, **ensemble)
+                rows += _rows(norm_name, [1.0], [1.0], fooled[:, None], fooled[:, None], None, None, n, ctx.clean_acc, None, cols, {**override, "eps_rule": rule})
+            for attack_name in [*(s.name for s in specs), "worst"]:
                 acc = {rule: _class_accuracy(by_attack[attack_name, rule], yc, class_n) for rule in rules}
                 for k in range(n_classes):
                     values = (norm_name, q, pc.fraction, attack_name, k, eps_c[k].item(), uniform.item(), int(class_n[k]), acc["per-class"][k], acc["uniform"][k])
@@ -106,17 +157,6 @@ def per_class_eps(ctx, axes, model, xc, yc, stochastic, eot) -> list[dict]:
     return rows
 
 
-def attack_points(model, x, y, eps, norm, attack, generator, stochastic, batch_rows=None):
-    """Every point at its own radius ``eps`` (P,): ``fooled`` (P x 1) and ``deltas`` as
-    ``attack_grid`` returns them."""
-    if not len(y):
-        return _nothing(0, 1)
-    if stochastic:
-        return attack_stochastic(model, x, y, [eps], norm, attack, generator, batch_rows)
-    res = attack.run(model, x, y, eps[:, None], norm, generator=generator, max_rows=batch_rows or default_batch_rows(x))
-    return _outcome(model, x, y, res)
-
-
 def _class_accuracy(fooled, yc, class_n) -> list[float | None]:
     """Per class, robust accuracy over all its evaluation points (the attacked ones are those
     it classified correctly)."""
@@ -124,41 +164,25 @@ def _class_accuracy(fooled, yc, class_n) -> list[float | None]:
     return [survived[k].item() / int(class_n[k]) if class_n[k] else None for k in range(len(class_n))]
 
 
-def make_attack(name: str, axes):
-    """The attack ``name`` with the evaluator's settings (C&W has its own, under ``cw``)."""
-    if name == "cw":
-        return attacks.make(name, **axes.cw.attack_options())
-    return attacks.make(name, steps=axes.steps, step_size=axes.step_size, restarts=axes.restarts)
-
-
-def attack_columns(attack) -> dict:
-    cols = dict(attack=attack.name, steps=attack.steps, step_size=attack.step_size, restarts=attack.restarts)
-    if isinstance(attack, CarliniWagnerL2):
-        cols.update(kappa=attack.confidence, search_steps=attack.search_steps)
-    return cols
-
-
-def judge(model, x, y, grid, norm, x_best, found):
-    """A norm-free search's closest adversarials (C&W) counted at every eps of ``grid`` they fit."""
-    if not grid or not len(y):
-        return _nothing(len(y), len(grid))
-    res = CarliniWagnerL2.against(x, x_best, found, torch.tensor(grid, dtype=x.dtype, device=x.device).expand(len(y), len(grid)), norm)
-    return _outcome(model, x, y, res)
-
-
 def _outcome(model, x, y, res, verify=True):
-    """``fooled`` (P x L) and, per point, the adversarial's L2 and Linf size and the model's
-    confidence there. A stochastic model's successes are re-checked with its own prediction
-    (study.mc.PREDICTION_SAMPLES draws): a success on the few draws of one attack query may not
-    survive the full predictive."""
+    """``fooled`` (P x L), per point the adversarial's L2 and Linf size and the model's confidence
+    there, and the queries the attack counted (or None). A stochastic model's successes are
+    re-checked with its own prediction (study.mc.PREDICTION_SAMPLES draws): a success on the few
+    draws of one attack query may not survive the full predictive."""
     fooled = res.fooled
     if verify and isinstance(model, mc.Predictive):
         fooled = fooled & (predict(model.model, res.x_adv) != y)[:, None]
     delta = res.x_adv - x
-    return fooled.cpu(), {"l2": L2.measure(delta).cpu(), "linf": Linf.measure(delta).cpu(), "confidence": confidence(model, res.x_adv).cpu()}
+    sizes = {"l2": L2.measure(delta).cpu(), "linf": Linf.measure(delta).cpu(), "confidence": confidence(model, res.x_adv).cpu()}
+    return fooled.cpu(), sizes, None if res.queries is None else res.queries.cpu()
 
 
-def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=None):
+def _plain(attack) -> bool:
+    """Whether the attack has a final iterate to run to without early stop (no targets)."""
+    return isinstance(attack, GradientAttack) or (isinstance(attack, APGD) and attack.targets is None)
+
+
+def attack_stochastic(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=None):
     """``attack_grid`` for a stochastic model (``model``: its mc.Predictive). Early stop would end
     a point's attack on one lucky draw of the predictive, so every eps gets full attacks (each
     restart its own run), judged afterwards by the model's own prediction. A point fooled at some
@@ -168,11 +192,12 @@ def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=Non
     step = batch_rows or default_batch_rows(x)
     fooled = torch.zeros(len(y), len(grid), dtype=torch.bool, device=x.device)
     x_adv = x.clone()
+    top = torch.full((len(y),), len(grid), device=x.device) if levels is None else levels.to(x.device)
     for j, eps in enumerate(grid):
-        for _ in range(attack.restarts):
-            todo = (~fooled[:, j]).nonzero().squeeze(1)
+        for restart in range(attack.restarts):
+            todo = (~fooled[:, j] & (j < top)).nonzero().squeeze(1)
             for pts in todo.split(step):
-                cand = single(model, x[pts], y[pts], eps[pts] if torch.is_tensor(eps) else eps, norm, generator=generator)
+                cand = single(model, x[pts], y[pts], eps[pts] if torch.is_tensor(eps) else eps, norm, rng=rng[pts].fold(restart * len(grid) + j))
                 hit = predict(model.model, cand) != y[pts]
                 x_adv[pts[hit]] = cand[hit]
                 fooled[pts[hit], j:] = True
@@ -181,23 +206,48 @@ def attack_stochastic(model, x, y, grid, norm, attack, generator, batch_rows=Non
 
 def _nothing(n_points: int, n_levels: int):
     zeros = torch.zeros(n_points)
-    return torch.zeros(n_points, n_levels, dtype=torch.bool), {"l2": zeros, "linf": zeros, "confidence": zeros}
+    return torch.zeros(n_points, n_levels, dtype=torch.bool), {"l2": zeros, "linf": zeros, "confidence": zeros}, None
 
 
-def attack_grid(model, x, y, grid, norm, attack, generator, batch_rows=None):
+def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=None, stochastic=False, searches=None):
     """Attack every point at every eps of ``grid`` (ascending) in one batched call.
 
-    Returns ``fooled`` (P x L bool) and ``deltas`` ({'l2', 'linf'}: per point, the size of the
+    Returns ``fooled`` (P x L bool), ``deltas`` ({'l2', 'linf'}: per point, the size of the
     adversarial counted at every eps where the point is fooled, and 'confidence': the model's
-    probability of the class it predicts there). ``batch_rows`` (points in
-    flight) defaults by device: on a CPU, batches that keep the activations in cache run about
-    twice as fast per row as batches of thousands (benchmarks/attacks.py measures it); a GPU
-    wants large batches.
+    probability of the class it predicts there) and the attack's queries per point (or None).
+    ``levels`` (P,) attacks only each point's first levels (a cascade). A grid entry may be a
+    tensor of per-point radii (per-class eps). ``searches`` caches a norm-free search (C&W) per
+    point across norms. ``batch_rows`` (points in flight) defaults by device: on a CPU, batches
+    that keep the activations in cache run about twice as fast per row as batches of thousands
+    (benchmarks/attacks.py measures it); a GPU wants large batches.
     """
-    if not grid or not len(y):
+    if not len(grid) or not len(y):
         return _nothing(len(y), len(grid))
+    rows = batch_rows or default_batch_rows(x)
+    if isinstance(attack, CarliniWagnerL2):
+        return _judge_search(model, x, y, grid, norm, attack, rows, levels, searches if searches is not None else {})
+    if stochastic and _plain(attack):
+        return attack_stochastic(model, x, y, grid, norm, attack, rng, rows, levels)
+    eps = torch.stack([e if torch.is_tensor(e) else torch.full((len(y),), float(e), dtype=x.dtype, device=x.device) for e in grid], dim=1).to(x)
+    res = attack.run(model, x, y, eps, norm, rng=rng, max_rows=rows, levels=levels)
+    return _outcome(model, x, y, res)
+
+
+def _judge_search(model, x, y, grid, norm, attack, rows, levels, searches):
+    """A norm-free search's closest adversarials (C&W), searched once per point and attack
+    settings and counted at every eps of ``grid`` they fit (up to each point's ``levels``)."""
+    key = attack.options().__repr__()
+    if key not in searches:
+        searches[key] = (x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device), torch.zeros(len(y), dtype=torch.bool, device=x.device))
+    x_best, found, done = searches[key]
+    need = ~done if levels is None else ~done & (levels > 0)
+    if need.any():
+        x_best[need], found[need] = attack.closest(model, x[need], y[need], rows)
+        done |= need
     eps = torch.tensor(grid, dtype=x.dtype, device=x.device).expand(len(y), len(grid))
-    res = attack.run(model, x, y, eps, norm, generator=generator, max_rows=batch_rows or default_batch_rows(x))
+    res = CarliniWagnerL2.against(x, x_best, found, eps, norm)
+    if levels is not None:
+        res.fooled &= torch.arange(len(grid), device=x.device) < levels[:, None]
     return _outcome(model, x, y, res)
 
 
@@ -215,41 +265,45 @@ def confidence(model, x, batch: int = 4096) -> torch.Tensor:
 def attack_each_eps_separately(model, x, y, grid, norm, attack, seed: int, batch_size: int | None = None):
     """The reference way (as with other attack libraries): a full attack at every eps on its
     own, keeping each final iterate, over batches of ``batch_size`` points (all at once when
-    None). Every eps starts from a generator seeded with ``seed``, so in one batch its random
-    starts are those ``attack_grid`` draws from the same seed. Returns ``fooled`` (P x L bool).
-    Used by the benchmark and by the tests that check ``attack_grid`` is never weaker."""
+    None). Random draws are keyed by each point's index under ``seed``, as ``attack_grid`` draws
+    them from a PointRNG of that seed. Returns ``fooled`` (P x L bool). Used by the benchmark
+    and by the tests that check ``attack_grid`` is never weaker."""
     batch_size = batch_size or len(y)
+    rng = PointRNG.for_points(seed, len(y), x.device)
     cols = []
     for eps in grid:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
         fooled = []
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-            x_adv = attack.run(model, xb, yb, eps, norm, early_stop=False, generator=generator).x_adv
+            x_adv = attack.run(model, xb, yb, eps, norm, early_stop=False, rng=rng[i : i + batch_size]).x_adv
             fooled.append((predict(model, x_adv) != yb).cpu())
         cols.append(torch.cat(fooled))
     return torch.stack(cols, dim=1)
 
 
-def _rows(norm_name, eps_list, grid, fooled, deltas, n, clean_acc, eval_s, axes_cols, override=None):
-    """One row per eps of ``eps_list``; ``override`` replaces columns (per-class eps rows, whose
-    one 'eps' is a per-point radius)."""
-    n_correct = fooled.shape[0]
+def _rows(norm_name, eps_list, grid, after, counted, deltas, queries, n, clean_acc, eval_s, axes_cols, override=None):
+    """One row per eps of ``eps_list``. ``after``: the points broken once this attack ran (for
+    a cascade, by it or an earlier one); ``counted``: the points this row credits to the attack
+    (``broken``; the perturbation sizes are theirs). ``override`` replaces columns (per-class eps
+    rows, whose one 'eps' is a per-point radius)."""
+    n_correct = after.shape[0]
     out = []
     for eps in sorted(eps_list):
         row = dict(evaluator="robustness", norm=norm_name, eps=float(eps), n_eval=n, clean_acc=clean_acc, eval_s=eval_s, **axes_cols)
         row.update(override or {})
         if eps == 0:
-            row.update(robust_acc=clean_acc, success_rate=0.0)
+            row.update(robust_acc=clean_acc, success_rate=0.0, broken=0)
         else:
             j = grid.index(eps)
-            f = fooled[:, j]
-            row.update(robust_acc=(n_correct - int(f.sum())) / n, success_rate=float(f.float().mean()) if n_correct else None)
-            if deltas is not None and f.any():
+            f, c = after[:, j], counted[:, j]
+            row.update(robust_acc=(n_correct - int(f.sum())) / n, success_rate=float(f.float().mean()) if n_correct else None, broken=int(c.sum()))
+            if deltas is not None and c.any():
                 for name in ("l2", "linf"):
-                    vals = deltas[name][f]
+                    vals = deltas[name][c]
                     row[f"{name}_mean"] = float(vals.mean())
                     row[f"{name}_median"] = float(vals.median())
-                row["adv_confidence_mean"] = float(deltas["confidence"][f].mean())
+                row["adv_confidence_mean"] = float(deltas["confidence"][c].mean())
+            if queries is not None and (queries[:, j] > 0).any():
+                row["queries_mean"] = float(queries[:, j][queries[:, j] > 0].float().mean())
         out.append(row)
     return out

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from study import attacks, norms
+from study import norms
+from study.rng import PointRNG
 from study.seeds import stream_seed
 from study.train import predict
 
@@ -34,14 +35,14 @@ class Member:
 
 def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int, batch: int = 1024, sources: list[Member] | None = None) -> list[dict]:
     """Rows for every (source, target in ``members``, eps); the sources are the members unless given."""
-    attack = attacks.make(axes.attack, steps=axes.steps, step_size=axes.step_size)
+    attack = axes.attack.build()
     norm = norms.get(axes.norm)
     clean = {m.trial_id: (predict(m.model, x) == y).float().mean().item() for m in members}
     rows = []
     for eps in sorted(axes.eps):
         for source in members if sources is None else sources:
-            gen = torch.Generator(device=x.device).manual_seed(stream_seed(seed, source.trial_id, eps))
-            x_adv = torch.cat([attack(source.model, x[i : i + batch], y[i : i + batch], eps, norm, generator=gen) for i in range(0, len(x), batch)])
+            rng = PointRNG.for_points(stream_seed(seed, source.trial_id, eps), len(x), x.device)
+            x_adv = torch.cat([attack(source.model, x[i : i + batch], y[i : i + batch], eps, norm, rng=rng[i : i + batch]) for i in range(0, len(x), batch)])
             source_pred = predict(source.model, x_adv)
             for target in members:
                 pred = source_pred if target is source else predict(target.model, x_adv)
@@ -50,7 +51,8 @@ def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed
                 rows.append(dict(
                     evaluator=axes.evaluator,
                     trial_id=target.trial_id,
-                    attack=axes.attack,
+                    attack=axes.attack.name,
+                    attack_options=axes.attack.describe(),
                     norm=axes.norm,
                     eps=float(eps),
                     steps=attack.steps,

@@ -1,0 +1,135 @@
+"""Is the evaluation behind a robustness number sound? The per-attack log and the usual signs of
+a broken evaluation (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Croce & Hein
+2020), from the robustness rows alone.
+
+``attack_log``: per norm and eps, the points each attack broke, summed over models; in a cascade
+these are the points it broke that no earlier attack had (AutoAttack's log), so a late attack
+that breaks many is news. ``evaluation_warnings``: one line per sign, naming the model and the point:
+
+* a black-box attack (Square) breaks points every gradient attack left robust: the gradients
+  mislead (masking, obfuscation);
+* a scale-invariant loss (DLR: APGD-DLR, APGD-T) breaks far more than cross-entropy: the
+  softmax saturates and hides cross-entropy's gradient;
+* robust accuracy stays above ~0 at an unbounded radius (Linf eps >= 1 allows any image);
+* more iterations of an attack give a higher robust accuracy;
+* robust accuracy rises with eps.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analysis.load import eager
+
+GRADIENT = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "cw")
+BLACK_BOX = ("square",)
+CROSS_ENTROPY = ("pgd", "bim", "apgd-ce")
+SCALE_INVARIANT = ("apgd-dlr", "apgd-t")
+FAR_MORE = 0.05  # a share of the evaluation points: "far more" than cross-entropy broke
+NEAR_ZERO = 0.01  # robust accuracy at an unbounded radius
+NOISE = 0.01  # robust-accuracy differences smaller than this are not a sign
+
+
+def _robustness(frame) -> pl.DataFrame:
+    df = eager(frame)
+    return df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_null(), pl.col("eps") > 0)
+
+
+def attack_log(frame) -> pl.DataFrame:
+    """Per ensemble, norm and eps: the points each attack broke (summed over every model), in
+    running order, then `worst` (all points broken). For a cascade, an attack's count is what it
+    added to the attacks before it."""
+    df = _robustness(frame).filter(pl.col("ensemble").is_not_null(), pl.col("broken").is_not_null())
+    if df.is_empty():
+        return pl.DataFrame()
+    out = []
+    for (ensemble, cascade), part in df.group_by(["ensemble", "cascade"], maintain_order=True):
+        order = [*ensemble.split("+"), "worst"]
+        table = (
+            part.group_by("norm", "eps", "attack").agg(pl.col("broken").sum(), pl.col("trial_id").n_unique().alias("models"))
+            .pivot(on="attack", index=["norm", "eps", "models"], values="broken")
+            .select("norm", "eps", "models", *[a for a in order if a in part.get_column("attack").unique()])
+            .with_columns(ensemble=pl.lit(ensemble), cascade=pl.lit(cascade))
+            .sort("norm", "eps")
+        )
+        out.append(table)
+    return pl.concat(out, how="diagonal")
+
+
+def evaluation_warnings(frame) -> list[str]:
+    """One line per sign of a broken evaluation (see the module docstring), each naming the model
+    (label), the norm and eps, and the numbers behind it."""
+    df = _robustness(frame)
+    out = []
+    for label, part in sorted(df.group_by("label"), key=lambda kv: str(kv[0][0])):
+        label = label[0]
+        out += _black_box(label, part) + _scale_invariant(label, part) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
+    return out
+
+
+def _point(row: dict) -> str:
+    return f"{row['norm']} {row['eps']:g}"
+
+
+def _black_box(label, part) -> list[str]:
+    out = []
+    cascade = part.filter(pl.col("cascade"), pl.col("attack").is_in(BLACK_BOX), pl.col("broken") > 0)
+    for row in cascade.iter_rows(named=True):
+        out.append(f"{label}: {row['attack']} broke {row['broken']} points at {_point(row)} that every gradient attack before it left robust (gradients may be masked)")
+    alone = part.filter(~pl.col("cascade"))
+    for (norm, eps), at in alone.group_by("norm", "eps"):
+        grad = at.filter(pl.col("attack").is_in(GRADIENT))
+        box = at.filter(pl.col("attack").is_in(BLACK_BOX))
+        if grad.is_empty() or box.is_empty():
+            continue
+        best_grad, best_box = grad.get_column("robust_acc").min(), box.get_column("robust_acc").min()
+        if best_box < best_grad - NOISE:
+            out.append(f"{label}: square's robust accuracy at {norm} {eps:g} is {best_box:.3f}, below every gradient attack's ({best_grad:.3f}): gradients may be masked")
+    return out
+
+
+def _scale_invariant(label, part) -> list[str]:
+    out = []
+    for (norm, eps), at in part.group_by("norm", "eps"):
+        n = at.get_column("n_eval").max()
+        cascade = at.filter(pl.col("cascade"))
+        ce = cascade.filter(pl.col("attack").is_in(CROSS_ENTROPY)).get_column("broken").sum()
+        dlr = cascade.filter(pl.col("attack").is_in(SCALE_INVARIANT)).get_column("broken").sum()
+        if not cascade.is_empty() and dlr > FAR_MORE * n and dlr > ce:
+            out.append(f"{label}: at {norm} {eps:g} the DLR attacks broke {dlr} points cross-entropy left robust (cross-entropy broke {ce}): the softmax may saturate and mask its gradient")
+        alone = at.filter(~pl.col("cascade"))
+        ce_acc = alone.filter(pl.col("attack").is_in(CROSS_ENTROPY)).get_column("robust_acc").min()
+        dlr_acc = alone.filter(pl.col("attack").is_in(SCALE_INVARIANT)).get_column("robust_acc").min()
+        if ce_acc is not None and dlr_acc is not None and dlr_acc < ce_acc - FAR_MORE:
+            out.append(f"{label}: at {norm} {eps:g} a DLR attack gives {dlr_acc:.3f} robust accuracy and cross-entropy {ce_acc:.3f}: the softmax may saturate and mask its gradient")
+    return out
+
+
+def _unbounded(label, part) -> list[str]:
+    worst = part.filter(pl.col("attack") == "worst", pl.col("norm") == "linf", pl.col("eps") >= 1, pl.col("robust_acc") > NEAR_ZERO)
+    return [f"{label}: robust accuracy {row['robust_acc']:.3f} at {_point(row)}, where any image is reachable: the attacks do not work on this model" for row in worst.iter_rows(named=True)]
+
+
+def _more_iterations(label, part) -> list[str]:
+    out = []
+    alone = part.filter(~pl.col("cascade"), pl.col("steps").is_not_null())
+    for (attack, norm, eps), at in alone.group_by("attack", "norm", "eps"):
+        if at.get_column("steps").n_unique() < 2:
+            continue
+        ordered = at.sort("steps")
+        steps, acc = ordered.get_column("steps").to_list(), ordered.get_column("robust_acc").to_list()
+        for i in range(1, len(steps)):
+            if acc[i] > min(acc[:i]) + NOISE:
+                out.append(f"{label}: {attack} at {norm} {eps:g}: {steps[i]} iterations give {acc[i]:.3f} robust accuracy, fewer gave {min(acc[:i]):.3f}")
+    return out
+
+
+def _rising(label, part) -> list[str]:
+    out = []
+    for (options, norm), at in part.filter(pl.col("attack") == "worst").group_by("attack_options", "norm"):
+        ordered = at.sort("eps")
+        eps, acc = ordered.get_column("eps").to_list(), ordered.get_column("robust_acc").to_list()
+        for i in range(1, len(eps)):
+            if acc[i] > acc[i - 1] + NOISE:
+                out.append(f"{label}: robust accuracy rises from {acc[i - 1]:.3f} at {norm} {eps[i - 1]:g} to {acc[i]:.3f} at {eps[i]:g}")
+    return out

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU checks, for a session whose task is lent a CUDA machine (the device tool); never CI.
+# About 5 minutes on one H100 or H200, well under 8:
+#   1. the tests marked `cuda`: training (standard, FGSM, PGD), every attack against the CPU's
+#      result, MC dropout with EOT, the generative model, PointRNG's draws on the device;
+#   2. our autoattack and autoattack-fast presets on a PGD-trained CNN and the masked ratio
+#      triplet (benchmarks/autoattack.py without the reference), timed on the GPU.
+#
+# The GPU image has PyTorch but not pydantic or mlxtend. Before the first run, here (with the
+# package registry): `make gpu-wheels` (fills .whl/, ignored by git). Then, with the device tool:
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
+# and record the figures from $OUT in docs/benchmarks.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 ADVSWEEP_CACHE="${TMPDIR:-/tmp}/advsweep-cache"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+status=0
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_rng.py tests/test_latent.py 2>&1 | tee "$OUT/cuda-tests.log" || status=1
+timeout 180 python3 benchmarks/autoattack.py --no-reference --device cuda --points 1000 2>&1 | tee "$OUT/autoattack-gpu.md" || status=1
+exit $status

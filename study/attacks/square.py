@@ -1,0 +1,274 @@
+"""The Square attack of Andriushchenko, Croce, Flammarion & Hein (2020), "Square Attack: a
+query-efficient black-box adversarial attack via random search": score-based, no gradients, so a
+model whose gradients are masked cannot hide from it.
+
+Random search on the margin loss m(x') = z_y(x') - max_{i != y} z_i(x') (minimised; m <= 0 is a
+success). Each iteration proposes a change confined to a random square window and keeps it when
+the loss falls (or the point is misclassified). The window's side is s = round(sqrt(p * h * w))
+pixels, where the fraction p starts at p_init (0.8) and halves at iterations 10, 50, 200, 500,
+1000, 2000, 4000, 6000 and 8000 (the published schedule, set for 10,000 queries; AutoAttack runs
+it unscaled with 5,000 queries, and so do we unless ``rescale``: then the iterations are scaled
+to the budget).
+
+* Linf: start at x + eps * (vertical stripes of random signs, per channel); a proposal sets the
+  window, per channel, to x +- eps (a random sign), inside the box.
+* L2: start at x plus a grid of 5 x 5 blocks, each the L2 pattern ``eta`` (nested rectangles
+  weighted 1 / k^2, one half positive, one negative, possibly transposed) with a random sign per
+  channel, rescaled to norm eps. A proposal picks two windows: the first gets the pattern (random
+  sign per channel) plus its old content, normalised and rescaled to take the budget the second
+  window's content frees (which is set to 0) and whatever is left under eps; the whole
+  perturbation is then rescaled to norm eps and clipped to the box.
+
+Each point has its own windows and signs (``rng``, a study.rng.PointRNG, so a point's search is the
+same in any batch and on any device; the reference draws one window per batch). A point leaves
+the batch once misclassified; ``queries`` counts its model evaluations (the start and every
+proposal), per point and eps. Along an eps ladder, only the points a level leaves robust go on to the next.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from study.attacks.gradient import AttackResult, frozen, per_point, prepare
+from study.types import Fraction, PosInt
+
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(i: int, p_init: float, queries: int, rescale: bool) -> float:
+    """p at iteration i: p_init halved once per published milestone passed."""
+    if rescale:
+        i = int(i / queries * 10000)
+    return p_init / 2 ** sum(i > m for m in _HALVINGS)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{i != y} z_i per row."""
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    return z_y - logits.scatter(1, y[:, None], -math.inf).amax(1)
+
+
+def eta_pattern(s: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The L2 window pattern (s x s, unit L2 norm): the top half holds nested rectangles around
+    its centre weighted 1 / k^2 (ring k), the bottom half the same with the opposite sign."""
+
+    def rectangles(rows: int, cols: int) -> torch.Tensor:
+        r = torch.arange(rows, device=device, dtype=dtype)[:, None]
+        c = torch.arange(cols, device=device, dtype=dtype)[None, :]
+        # Ring index of each cell around the centre cell (rows // 2, cols // 2), as a Chebyshev
+        # distance; cell value sum_{k >= ring} 1 / (k + 1)^2 over the rings that cover it.
+        ring = torch.maximum((r - rows // 2).abs(), (c - cols // 2).abs())
+        n_rings = max(rows // 2 + 1, cols // 2 + 1)
+        weights = 1.0 / torch.arange(1, n_rings + 1, device=device, dtype=dtype) ** 2
+        tail = weights.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{j >= k} weights[j]
+        out = tail[ring.long()]
+        return out / out.norm()
+
+    top = s // 2
+    pattern = torch.cat([rectangles(top, s), -rectangles(s - top, s)]) if top else -rectangles(s, s)
+    return pattern / pattern.norm()
+
+
+def _windows(rng, tags, n, h, w, s, device):
+    """(N, 1, h, w) masks of one random s x s window per point, and its corner."""
+    vh = rng.integers(h - s + 1, *tags, "row")
+    vw = rng.integers(w - s + 1, *tags, "col")
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    inside_r = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
+    inside_c = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
+    return (inside_r[:, :, None] & inside_c[:, None, :])[:, None], vh, vw
+
+
+def _placed(pattern: torch.Tensor, vh, vw, h, w) -> torch.Tensor:
+    """(N, 1, h, w): ``pattern`` (s x s, or (N, s, s)) placed at each point's corner, 0 elsewhere."""
+    s = pattern.shape[-1]
+    lr = torch.arange(h, device=vh.device)[None, :] - vh[:, None]
+    lc = torch.arange(w, device=vh.device)[None, :] - vw[:, None]
+    inside = ((lr >= 0) & (lr < s))[:, :, None] & ((lc >= 0) & (lc < s))[:, None, :]
+    flat_index = lr.clamp(0, s - 1)[:, :, None] * s + lc.clamp(0, s - 1)[:, None, :]
+    flat = pattern.reshape(-1, s * s)
+    values = flat.expand(len(vh), -1).gather(1, flat_index.flatten(1)).view(len(vh), h, w)
+    return torch.where(inside, values, torch.zeros_like(values))[:, None]
+
+
+@dataclass(frozen=True)
+class Square:
+    name: str = "square"
+    queries: int = 5000
+    p_init: float = 0.8
+    restarts: int = 1
+    rescale: bool = False
+    probe: int | None = None  # first run this many queries; the full budget only if they break a point
+    step_size = None  # random search: no step size; rows record null
+
+    def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
+        """The search's best point per point (training or input-set use)."""
+        return self.run(model, x, y, eps, norm, rng=rng, early_stop=True).x_adv
+
+    def options(self) -> dict:
+        return dict(queries=self.queries, p_init=self.p_init, restarts=self.restarts, rescale=self.rescale, probe=self.probe)
+
+    def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
+        """With ``probe``, every point first gets a search of ``probe`` queries; if that breaks any
+        point (in a cascade: one the attacks before it left robust, a sign of masked gradients),
+        every point not broken at its lowest eps gets the full budget. A point's search is the same
+        sequence either way, so an escalated run gives exactly the full run's result."""
+        eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, self.restarts)
+        if x.dim() != 4:
+            raise ValueError("square needs images (N x C x H x W)")
+        state = _Outcome(x.detach(), eps)
+        with frozen(model), torch.no_grad():
+            if self.probe is not None and self.probe < self.queries:
+                self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe)
+                if not state.found.any():
+                    return state.result(ladder, early_stop)
+                # A point the probe broke at its lowest level is broken there by the full search
+                # too (its first queries are the probe's); any other starts again with the budget.
+                state.forget(~state.fooled[:, 0])
+            self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
+        return state.result(ladder, early_stop)
+
+    def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget):
+        """Every level's search, at most ``budget`` queries each, on the points not yet fooled."""
+        x, eps = state.x, state.eps
+        for level in range(eps.shape[1]):
+            for restart in range(self.restarts):
+                todo = (~state.found & (level < levels)).nonzero().squeeze(1)
+                for pts in todo.split(max_rows or max(len(todo), 1)):
+                    adv, m, q = self._search(model, x[pts], y[pts], eps[pts, level], norm, rng[pts].fold(restart), budget)
+                    state.queries[pts, level] += q
+                    state.record(pts, level, adv, m, norm, last=level == levels[pts] - 1)
+
+    def _search(self, model, x, y, eps, norm, rng, budget):
+        """One search on a batch at radii ``eps`` (N,), at most ``budget`` proposals: the best point
+        per row, its margin and the queries it spent."""
+        n, c, h, w = x.shape
+        e = per_point(eps, x)
+        if norm.name == "linf":
+            start = x + e * rng.signs((c, 1, w), "square-start", dtype=x.dtype)
+        elif norm.name == "l2":
+            start = x + e * _unit(self._l2_start(rng, x))
+        else:
+            raise ValueError(f"square supports linf and l2, not {norm.name}")
+        best = start.clamp(0, 1)
+        loss = margin(model(best), y)
+        queries = torch.ones(n, dtype=torch.long, device=x.device)
+        rows = torch.arange(n, device=x.device)
+        for i in range(budget):
+            rows = rows[loss[rows] > 0]
+            if not len(rows):
+                break
+            p = square_fraction(i, self.p_init, self.queries, self.rescale)
+            r = rng[rows]
+            if norm.name == "linf":
+                s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
+                mask, _, _ = _windows(r, (i, "w1"), len(rows), h, w, s, x.device)
+                signs = r.signs((c, 1, 1), i, "signs", dtype=x.dtype)
+                xr, er = x[rows], e[rows]
+                proposal = torch.where(mask, xr + er * signs, best[rows]).clamp(0, 1)
+            else:
+                proposal = self._l2_proposal(r, i, x[rows], best[rows], eps[rows], p)
+            new = margin(model(proposal), y[rows])
+            queries[rows] += 1
+            take = (new < loss[rows]) | (new <= 0)
+            best[rows[take]] = proposal[take]
+            loss[rows[take]] = new[take]
+        return best, loss, queries
+
+    @staticmethod
+    def _l2_start(rng, x):
+        """The L2 start's direction: 5 x 5 blocks of the pattern, a random sign per channel and
+        a random orientation per block."""
+        n, c, h, w = x.shape
+        s = max(h // 5, 1)
+        first = (h - 5 * s) // 2
+        pattern = eta_pattern(s, x.dtype, x.device)
+        delta = torch.zeros_like(x)
+        k = 0
+        for vh in range(first, first + s * (h // s), s):
+            for vw in range(first, first + s * (w // s), s):
+                if vh + s > h or vw + s > w:
+                    continue
+                flip = rng.integers(2, "l2-start", k, "flip").bool()
+                block = torch.where(flip[:, None, None], pattern.t()[None], pattern[None])
+                signs = rng.signs((c, 1, 1), "l2-start", k, "signs", dtype=x.dtype)
+                delta[:, :, vh : vh + s, vw : vw + s] += block[:, None] * signs
+                k += 1
+        return delta
+
+    @staticmethod
+    def _l2_proposal(rng, i, x, best, eps, p):
+        n, c, h, w = x.shape
+        s = max(round(math.sqrt(p * h * w)), 3)
+        s = min(s + (s % 2 == 0), h, w)
+        delta = best - x
+        mask1, vh, vw = _windows(rng, (i, "w1"), n, h, w, s, x.device)
+        mask2, _, _ = _windows(rng, (i, "w2"), n, h, w, s, x.device)
+        channel_norm = lambda t: t.square().sum(dim=(2, 3), keepdim=True).sqrt()
+        old = delta * mask1
+        pattern = eta_pattern(s, x.dtype, x.device)
+        flip = rng.integers(2, i, "flip").bool()
+        placed = torch.where(flip[:, None, None, None], _placed(pattern.t(), vh, vw, h, w), _placed(pattern, vh, vw, h, w))
+        window = placed * rng.signs((c, 1, 1), i, "signs", dtype=x.dtype) + old / (channel_norm(old) + 1e-12)
+        # The new window takes the budget the two windows held, plus what is left under eps.
+        free = (per_point(eps, x) ** 2 - delta.flatten(1).square().sum(1).view(-1, 1, 1, 1)).clamp_min(0)
+        budget = (free / c + channel_norm(delta * (mask1 | mask2)) ** 2).sqrt()
+        window = window / (channel_norm(window) + 1e-12) * budget
+        delta = torch.where(mask1, window, torch.where(mask2, torch.zeros_like(delta), delta))
+        return (x + per_point(eps, x) * _unit(delta)).clamp(0, 1)
+
+
+class _Outcome:
+    """What a ladder run has found so far, per point: as in study.attacks.gradient, a success at
+    distance d counts at its own level, every higher one, and every lower one with eps >= d; a
+    point never fooled keeps its lowest-margin point at its last level."""
+
+    def __init__(self, x, eps):
+        n = len(x)
+        self.x, self.eps = x, eps
+        self.x_adv = x.clone()
+        self.fooled = torch.zeros(eps.shape, dtype=torch.bool, device=x.device)
+        self.found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.queries = torch.zeros(eps.shape, dtype=torch.long, device=x.device)  # per point and level
+        self.best_margin = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+
+    def record(self, pts, level, adv, m, norm, last):
+        hit = m <= 0
+        if hit.any():
+            p = pts[hit]
+            dist = norm.measure(adv[hit] - self.x[p])
+            self.x_adv[p], self.found[p] = adv[hit], True
+            self.fooled[p] = (torch.arange(self.eps.shape[1], device=p.device) >= level) | (self.eps[p] >= dist[:, None])
+        keep = ~hit & last & (m < self.best_margin[pts])
+        self.x_adv[pts[keep]], self.best_margin[pts[keep]] = adv[keep], m[keep]
+
+    def forget(self, points: torch.Tensor):
+        """Points (a mask) to search again from the start: what was found for them is dropped."""
+        self.found &= ~points
+        self.fooled &= ~points[:, None]
+        self.x_adv[points] = self.x[points]
+        self.best_margin[points] = math.inf
+
+    def result(self, ladder, early_stop) -> AttackResult:
+        fooled = self.fooled & early_stop  # without early_stop no row is reported fooled (as every attack)
+        return AttackResult(self.x_adv, fooled if ladder else fooled[:, 0], self.queries if ladder else self.queries[:, 0])
+
+
+def _unit(delta: torch.Tensor) -> torch.Tensor:
+    """delta / ||delta||_2 per row (0 stays 0)."""
+    norms = delta.flatten(1).norm(dim=1)
+    return delta / per_point(torch.where(norms > 0, norms, torch.ones_like(norms)), delta)
+
+
+def square(queries: PosInt = 5000, p_init: Fraction = 0.8, restarts: PosInt = 1, rescale: bool = False, probe: Optional[PosInt] = None) -> Square:
+    """AutoAttack's Square: 5,000 queries, p_init 0.8, the schedule unscaled; ``probe``: a first,
+    shorter search that must break a point before the full budget is spent."""
+    return Square(queries=queries, p_init=p_init, restarts=restarts, rescale=rescale, probe=probe)
+
+
+SQUARE_ATTACKS = {"square": square}
