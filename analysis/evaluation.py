@@ -10,6 +10,8 @@ that breaks many is news. ``evaluation_warnings``: one line per sign, naming the
   mislead (masking, obfuscation);
 * a scale-invariant loss (DLR: APGD-DLR, APGD-T) breaks far more than cross-entropy: the
   softmax saturates and hides cross-entropy's gradient;
+* cross-entropy's gradient is exactly 0 at many points (``vanishing_grad``): gradient attacks on
+  cross-entropy cannot start there, whatever the ensemble;
 * robust accuracy stays above ~0 at an unbounded radius (Linf eps >= 1 allows any image);
 * more iterations of an attack give a higher robust accuracy;
 * robust accuracy rises with eps.
@@ -28,6 +30,7 @@ SCALE_INVARIANT = ("apgd-dlr", "apgd-t")
 FAR_MORE = 0.05  # a share of the evaluation points: "far more" than cross-entropy broke
 NEAR_ZERO = 0.01  # robust accuracy at an unbounded radius
 NOISE = 0.01  # robust-accuracy differences smaller than this are not a sign
+VANISHING = 0.05  # share of points with an exactly zero cross-entropy gradient
 
 
 def _robustness(frame) -> pl.DataFrame:
@@ -63,12 +66,21 @@ def evaluation_warnings(frame) -> list[str]:
     out = []
     for label, part in sorted(df.group_by("label"), key=lambda kv: str(kv[0][0])):
         label = label[0]
-        out += _black_box(label, part) + _scale_invariant(label, part) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
+        out += _vanishing(label, part) + _black_box(label, part) + _scale_invariant(label, part) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
     return out
 
 
 def _point(row: dict) -> str:
     return f"{row['norm']} {row['eps']:g}"
+
+
+def _vanishing(label, part) -> list[str]:
+    share = part.get_column("vanishing_grad").drop_nulls().max()
+    if share is None or share <= VANISHING:
+        return []
+    robust = set(part.get_column("ensemble").drop_nulls().unique().str.split("+").explode().to_list())
+    fix = "" if robust & {*SCALE_INVARIANT, *BLACK_BOX} else "; add apgd-t or square (the default evaluation has both)"
+    return [f"{label}: cross-entropy's input gradient is exactly 0 at {share:.0%} of the points (a saturated softmax): gradient attacks on cross-entropy cannot move them{fix}"]
 
 
 def _black_box(label, part) -> list[str]:

@@ -93,6 +93,7 @@ COLUMNS = [
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
     ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled (in a cascade: the ensemble so far)"),
+    ("vanishing_grad", pa.float64(), "metric", "robustness: share of the attacked points whose cross-entropy input gradient is exactly 0 at x (a saturated softmax: a cross-entropy gradient attack cannot take its first step there)"),
     ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
     ("l2_mean", pa.float64(), "metric", "mean L2 norm of the successful perturbations (null if none)"),
     ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),

@@ -266,8 +266,8 @@ class RobustnessEval(_Strict):
         if self.per_class_eps is not None:
             if self.per_class_eps.norms is None:
                 self.per_class_eps.norms = list(self.norms)
-            if any(a in attacks.MINIMAL for a in names):
-                raise ValueError(f"per_class_eps: needs bounded attacks ({', '.join(a for a in names if a in attacks.MINIMAL)} search for the closest adversarial, with no eps)")
+            if any(a in attacks.NORM_FREE for a in names):
+                raise ValueError("per_class_eps: cw searches in L2 once per model, for no eps; list the attacks without it")
         return self
 
     def attack_list(self) -> list[AttackSpec]:
@@ -380,8 +380,8 @@ class TransferEval(_Strict):
     def _checks(self):
         if self.norm == "linf":
             _linf_bound(self.eps, "eps")
-        if self.attack.name in attacks.MINIMAL:
-            raise ValueError(f"attack: {self.attack.name} searches for the closest adversarial; transfer crafts at each eps (use a bounded attack)")
+        if self.attack.name in attacks.NO_FINAL_ITERATE:
+            raise ValueError(f"attack: {self.attack.name} keeps no final iterate per point to transfer; use pgd, apgd-ce, fab-t or square")
         return self
 
     def n_rows(self, linear_binary: bool) -> int:
@@ -478,8 +478,8 @@ class InputSet(_Strict):
         name = self.name
         if "search" in self.model_fields_set and name != "natural":
             raise ValueError(f"search: options for natural adversaries, not {name}")
-        if name in ("fab-t", "apgd-t"):
-            raise ValueError(f"attack: {name} keeps no final iterate per point (an input set needs one); use pgd, apgd-ce, square or cw")
+        if name in attacks.NO_FINAL_ITERATE:
+            raise ValueError(f"attack: {name} keeps no final iterate per point (an input set needs one); use pgd, apgd-ce, fab-t, square or cw")
         if name in ("cw", "natural"):
             if self.eps is not None:
                 raise ValueError(f"eps: {name} is unbounded (it searches for the closest adversarial); leave eps out")

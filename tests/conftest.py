@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = Path(__file__).parent / "specs"
 
 
+# Tests that use one of these study-scale sweeps are slow (`make test-slow`), wherever they are.
+SLOW_FIXTURES = {"tilting_sweep", "bnn_sweep", "bnn_model", "goodfellow_full_sweep"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

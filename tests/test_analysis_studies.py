@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 from analysis import charts, images, tilting
-from analysis.load import load
+from analysis.load import load, read_artifact
 from analysis.report import build_charts, summary_tables, write_report
-from study import artifacts
 
 
 
@@ -124,7 +123,7 @@ def test_decision_line_ends_lie_on_the_line_and_the_box():
 
 
 def test_plane_scatter_panels_and_decision_lines(tilting_sweep, tilting_df):
-    plane = artifacts.read(str(tilting_sweep.results), "tilting-plane")
+    plane = read_artifact(str(tilting_sweep.results), "tilting-plane")
     points, lines, panels = tilting.plane_panels(plane, tilting_df)
     lambdas = sorted(tilting_df.get_column("l2").unique().to_list())
     assert panels.get_column("l2").to_list() == tilting.pick_lambdas(lambdas) == [lambdas[0], lambdas[5], lambdas[11], lambdas[-1]]
@@ -157,7 +156,7 @@ def test_plane_scatter_panels_and_decision_lines(tilting_sweep, tilting_df):
 
 
 def test_perturbation_grid_rows_and_pixels(tilting_sweep, tilting_df):
-    pert = artifacts.read(str(tilting_sweep.results), "perturbation")
+    pert = read_artifact(str(tilting_sweep.results), "perturbation")
     rows = images.rows(pert, tilting_df, point=0)
     assert len(rows) == 17
     assert [r["l2"] for r in rows] == sorted(tilting_df.get_column("l2").unique().to_list())

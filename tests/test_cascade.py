@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
 import pytest
 import torch
 from torch import nn
 
-from study import attacks, data
+from analysis.evaluation import evaluation_warnings
+from study import attacks, data, results
 from study.attacks.apgd import ranked_targets, targeted_dlr_loss
 from study.attacks.square import eta_pattern, square_fraction
 from study.evaluators import EvalContext, robustness
@@ -183,3 +185,14 @@ def test_the_default_evaluation_sees_through_masked_gradients(mlp):
     assert by(fooled_by_ce, "worst", "linf", 0.1) > truth + 0.3, "the scaled model should mask cross-entropy's gradients"
     assert by(default, "worst", "linf", 0.1) <= truth + 0.02
     assert by(default, "apgd-t", "linf", 0.1, "broken") > by(default, "apgd-ce", "linf", 0.1, "broken")
+    # The summary says so: cross-entropy's gradient vanishes (whatever the attacks), and in the
+    # default cascade the DLR attack broke far more than cross-entropy. The unscaled model: nothing.
+    signs = {name: evaluation_warnings(frame(rows)) for name, rows in (("ce", fooled_by_ce), ("default", default), ("plain", plain))}
+    assert any("exactly 0" in w and "add apgd-t or square" in w for w in signs["ce"]), signs["ce"]
+    assert any("DLR attacks broke" in w for w in signs["default"]), signs["default"]
+    assert signs["plain"] == [], signs["plain"]
+
+
+def frame(rows) -> pl.DataFrame:
+    """The rows as results.parquet holds them (every column of the schema)."""
+    return pl.from_arrow(results.to_table([{**r, "label": "model", "trial_id": "t"} for r in rows]))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from study import artifacts, models
+from analysis.load import read_artifact
+from study import models
 from study.evaluators import EvalContext, crafted
 from study.evaluators.robustness import confidence
 from study.results import to_table
@@ -93,7 +94,7 @@ def test_evaluate_rows_and_artifacts(tmp_path):
     assert len(rows) == axes.n_rows(False) == 2
     n_classes, per_class = 3, 3
     firsts = {c: (ctx.y == c).nonzero().squeeze(1)[:per_class] for c in range(n_classes)}
-    table = artifacts.read(ctx.results_uri, "crafted")
+    table = read_artifact(ctx.results_uri, "crafted")
     for row, eps in zip(rows, axes.eps):
         assert row["evaluator"] == "crafted" and row["attack"] is None and row["norm"] == "linf"
         assert row["eps"] == eps and row["per_class"] == per_class and row["clean_acc"] == ctx.clean_acc
@@ -125,7 +126,7 @@ def test_evaluate_rows_and_artifacts(tmp_path):
         assert row["l2_mean"] == pytest.approx(delta.norm(dim=1).mean().item(), rel=1e-6)
         assert (delta.double().abs().amax(1) <= eps).all()
 
-    images = artifacts.read(ctx.results_uri, "crafted_images")
+    images = read_artifact(ctx.results_uri, "crafted_images")
     x0_rows = images.filter(images["kind"] == "x0")
     assert len(x0_rows) == n_classes and x0_rows["eps"].null_count() == n_classes
     assert x0_rows["class_a"].to_list() == x0_rows["class_b"].to_list() == list(range(n_classes))
@@ -150,7 +151,7 @@ def test_a_class_with_fewer_images_crafts_what_it_has(tmp_path, monkeypatch):
     rows = crafted.evaluate(ctx, CraftedEval(evaluator="crafted", eps=[0.2], per_class=3))
     k = {0: 2, 1: 1, 2: 3}
     assert rows[0]["n_eval"] == sum(k[a] * k[b] for a in k for b in k if a != b)
-    table = artifacts.read(ctx.results_uri, "crafted")
+    table = read_artifact(ctx.results_uri, "crafted")
     x = crafted.craft(ctx.x[table["point_a"].to_list()], ctx.x[table["point_b"].to_list()], 0.2)
     assert predict(ctx.model, x).tolist() == table["pred"].to_list()
 

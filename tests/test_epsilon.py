@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from analysis import epsilon
-from study import artifacts
+from analysis.load import read_artifact
 from study.spec import load_spec
 
 
@@ -26,7 +26,7 @@ def test_every_row_is_written_and_labels_name_the_variant(epsilon_sweep, frame):
 
 
 def test_class_distances(epsilon_sweep, frame):
-    cells = artifacts.read(str(epsilon_sweep.results), "class_distances")
+    cells = read_artifact(str(epsilon_sweep.results), "class_distances")
     for (trial, norm, per_class), m in cells.group_by("trial_id", "norm", "per_class"):
         matrix = np.zeros((10, 10))
         matrix[m["class_a"].to_numpy(), m["class_b"].to_numpy()] = m["mean"].to_numpy()
@@ -43,7 +43,7 @@ def test_class_distances(epsilon_sweep, frame):
 
 
 def test_crafted_images_stay_inside_the_linf_ball(epsilon_sweep, frame):
-    images = artifacts.read(str(epsilon_sweep.results), "crafted_images")
+    images = read_artifact(str(epsilon_sweep.results), "crafted_images")
     for trial, art in images.group_by("trial_id"):
         x0 = {r["class_a"]: np.asarray(r["pixels"], dtype=np.float64) for r in art.filter(pl.col("kind") == "x0").iter_rows(named=True)}
         crafted = art.filter(pl.col("kind") == "crafted")
@@ -59,8 +59,8 @@ def test_crafted_images_stay_inside_the_linf_ball(epsilon_sweep, frame):
 
 
 def test_per_class_eps(epsilon_sweep, frame):
-    suggested = artifacts.read(str(epsilon_sweep.results), "class_eps").filter(pl.col("norm") == "l2", pl.col("per_class") == 50)
-    art = artifacts.read(str(epsilon_sweep.results), "class_eps_robustness")
+    suggested = read_artifact(str(epsilon_sweep.results), "class_eps").filter(pl.col("norm") == "l2", pl.col("per_class") == 50)
+    art = read_artifact(str(epsilon_sweep.results), "class_eps_robustness")
     joined = art.join(suggested.select("trial_id", "quantile", "class", pl.col("eps").alias("suggested")), on=["trial_id", "quantile", "class"])
     assert joined.height == art.height
     assert np.allclose(joined["eps"], joined["suggested"])  # the robustness evaluator attacks at the distances' suggestions
@@ -80,7 +80,7 @@ def test_the_triplet_embedding(epsilon_sweep, frame):
     summary = emb.filter(pl.col("attack").is_null()).row(0, named=True)
     assert summary["knn_acc"] >= 0.9  # the embedding separates the classes
     assert summary["within_mean"] < summary["between_mean"]
-    adv = artifacts.read(str(epsilon_sweep.results), "embedding_adversaries")
+    adv = read_artifact(str(epsilon_sweep.results), "embedding_adversaries")
     constrained = adv.filter(pl.col("attack") == "embedding-pgd")
     assert (constrained["embed_dist"] <= constrained["embed_eps"]).all()
     pgd = emb.filter(pl.col("attack") == "pgd").sort("norm", "embed_eps")

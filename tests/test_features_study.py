@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from study import artifacts, data, features
+from analysis.load import read_artifact
+from study import data, features
 from study.spec import load_spec
 from study.store import ModelStore
 
@@ -86,7 +87,7 @@ def test_transfer_rows_from_the_standard_source(df):
 
 
 def test_gaussian_artifact(features_sweep):
-    g = artifacts.read(str(features_sweep.results), "gaussian")
+    g = read_artifact(str(features_sweep.results), "gaussian")
     assert g.get_column("eps").to_list() == [0.0, 1.0, 2.0]
     aniso = g.get_column("anisotropy").to_list()
     assert aniso[0] > aniso[1] > aniso[2] > 1

@@ -8,7 +8,7 @@ import pytest
 
 from analysis import natural
 from conftest import ROOT, _first_run
-from study import artifacts
+from analysis.load import read_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,6 @@ def test_the_stronger_model_needs_larger_latent_distances(sweep, rows):
         dist = dict(top.filter(pl.col("latent_search") == kind).select("model", "latent_dist_mean").iter_rows())
         assert dist["cnn"] > dist["logreg"], (kind, dist)
     # Point by point, on the points both models' searches broke: the 95% interval excludes 0.
-    paired = natural.paired_distances(artifacts.read(str(sweep.results), "natural"), rows)
+    paired = natural.paired_distances(read_artifact(str(sweep.results), "natural"), rows)
     for r in paired.filter(pl.col("stronger") == "cnn", pl.col("weaker") == "logreg").iter_rows(named=True):
         assert r["diff_lo"] > 0, r

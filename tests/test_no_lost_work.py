@@ -1,7 +1,8 @@
 """No lost work: a worker killed mid-training is retried; a driver killed mid-sweep resumes.
 
 Each test runs `python -m jobs.sweep` as its own process group (driver + the embedded Ray it
-starts), so it can be killed whole with SIGKILL like a crashed or preempted machine.
+starts), so it can be killed whole with SIGKILL like a crashed or preempted machine. In the slow
+tier (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import polars as pl
 import psutil
+import pytest
 
 from conftest import ROOT, SPECS
 from study.spec import load_spec
 
+pytestmark = pytest.mark.slow  # two sweeps killed and run again: about 80 s
 SPEC = SPECS / "resume.yaml"
 LINE = re.compile(r"advsweep trial ([0-9a-f]{12}) \((.*?)\): (training|model from the store|wrote \d+ rows)")
 

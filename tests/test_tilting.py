@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from study import artifacts, data, geometry, models
+from analysis.load import read_artifact
+from study import data, geometry, models
 from study.spec import DataSpec, TrainConfig, load_spec
 from study.store import ModelStore, model_key
 from study.train import init_model, predict, train
@@ -83,7 +84,7 @@ def test_bisection_per_point_on_a_linear_model():
 
 def test_artifacts_for_every_trial(tilting_sweep, geo):
     trials = set(geo["trial_id"])
-    plane = artifacts.read(str(tilting_sweep.results), "tilting-plane")
+    plane = read_artifact(str(tilting_sweep.results), "tilting-plane")
     assert set(plane["trial_id"]) == trials
     counts = plane.group_by("trial_id", "split").len()
     # plane_points (400) per split, or the whole split when it is smaller (200 test images of 2 and 3).
@@ -93,6 +94,6 @@ def test_artifacts_for_every_trial(tilting_sweep, geo):
     # The stored line is the classifier: wz u + wn v + offset reproduces f on every point.
     line = plane["wz"] * plane["u"] + plane["wn"] * plane["v"] + plane["offset"]
     assert ((line - plane["f"]).abs() <= 1e-3 * (1 + plane["f"].abs())).all()
-    pert = artifacts.read(str(tilting_sweep.results), "perturbation")
+    pert = read_artifact(str(tilting_sweep.results), "perturbation")
     assert set(pert["trial_id"]) == trials and pert.height == 3 * 3 * len(trials)
     assert pert["pixels"].list.len().unique().to_list() == [784]

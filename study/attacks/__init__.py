@@ -28,6 +28,7 @@ FAMILIES = {**GRADIENT_ATTACKS, **APGD_ATTACKS, **FAB_ATTACKS, **SQUARE_ATTACKS,
 ATTACKS = tuple(FAMILIES)
 MINIMAL = ("fab-t", "cw")  # minimal-norm: one search, judged at every eps
 NORM_FREE = ("cw",)  # searches one norm (L2) and is judged in every norm
+NO_FINAL_ITERATE = ("apgd-t",)  # one run per target: no single iterate to hand a plain call
 
 
 class OptionError(ValueError):
@@ -64,4 +65,4 @@ def _short(err: dict) -> str:
     return err["msg"][0].lower() + err["msg"][1:]
 
 
-__all__ = ["ATTACKS", "MINIMAL", "NORM_FREE", "AttackResult", "GradientAttack", "OptionError", "make", "option_names"]
+__all__ = ["ATTACKS", "MINIMAL", "NORM_FREE", "NO_FINAL_ITERATE", "AttackResult", "GradientAttack", "OptionError", "make", "option_names"]

@@ -30,6 +30,7 @@ import dataclasses
 import time
 
 import torch
+import torch.nn.functional as F
 
 from study import mc, norms, objectives
 from study.attacks.apgd import APGD
@@ -50,6 +51,7 @@ def evaluate(ctx, axes) -> list[dict]:
     stochastic = mc.is_stochastic(ctx.model)
     model = mc.attackable(ctx.model, axes.eot_samples)
     common = dict(eot_samples=axes.eot_samples) if stochastic else {}
+    common["vanishing_grad"] = vanishing_gradients(model, xc, yc, axes.batch_rows or default_batch_rows(x))
     specs = axes.attack_list()
     ensemble = dict(ensemble="+".join(s.name for s in specs), cascade=axes.cascade)
     searches = {}  # norm-free searches (C&W): run once per point, judged in every norm
@@ -78,6 +80,21 @@ def evaluate(ctx, axes) -> list[dict]:
     if axes.per_class_eps is not None:
         rows += per_class_eps(ctx, axes, model, points, stochastic, common)
     return rows
+
+
+def vanishing_gradients(model, x, y, batch: int) -> float | None:
+    """The share of the points whose cross-entropy input gradient is exactly 0 at x: a softmax so
+    saturated that a gradient attack on cross-entropy cannot take a first step there."""
+    if not len(y):
+        return None
+    zero = 0
+    with frozen(model):
+        for xb, yb in zip(x.split(batch), y.split(batch)):
+            xb = xb.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
+            zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
+    return zero / len(y)
 
 
 def typed_columns(attack) -> dict:
