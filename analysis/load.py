@@ -39,7 +39,7 @@ def load(uri: str | os.PathLike) -> pl.LazyFrame:
 
     The files are read when ``load`` is called: the frame is a snapshot, and a running sweep's
     later trials appear on the next ``load``. Without ``results.parquet``, every trial file in
-    ``trials/`` is read, including any an earlier, different spec left in the same folder.
+    ``trials/`` is read: a sweep's own, since a fresh run clears the folder first (jobs.sweep).
     """
     where = os.fspath(uri)
     fs, base = fsio.resolve(where)

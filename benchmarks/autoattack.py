@@ -145,7 +145,7 @@ def table(name: str, results: dict, presets: list[str]) -> None:
         for eps in grid:
             accs = [results[c][0][norm, eps] for c in columns]
             diffs = [100 * (results[p][0][norm, eps] - results["reference"][0][norm, eps]) for p in presets] if "reference" in results else []
-            print(f"| {norm} | {eps:g} | " + " | ".join(f"{a:.1%}" for a in accs) + "".join(f" | {d:+.1f}" for d in diffs) + " |")
+            print(f"| {norm} | {eps:g} | " + " | ".join(f"{a:.1%}" for a in accs) + "".join(f" | {d + 0.0:+.1f}" for d in diffs) + " |")
     times = " | ".join(f"{results[c][1]:.0f} s" for c in columns)
     print(f"| time | | {times} |" + ("".join(f" {results['reference'][1] / results[p][1]:.1f}x |" for p in presets) if "reference" in results else ""))
 

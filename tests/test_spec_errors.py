@@ -355,10 +355,10 @@ def test_valid_spec_dry_run(tmp_path, capsys):
 
 
 def test_repo_quickstart_dry_run(tmp_path, capsys):
-    """The shipped quickstart.yaml itself is valid and plans 8 trials / 520 rows: the default
-    evaluation's four attacks and `worst` at 13 (norm, eps) points."""
+    """The shipped quickstart.yaml itself is valid and plans 8 trials / 416 rows: the default
+    evaluation's three attacks and `worst` at 13 (norm, eps) points."""
     rc = sweep.main([str(REPO / "search_spaces" / "quickstart.yaml"), "--results", str(tmp_path / "results"), "--dry-run"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "quickstart: 8 trials" in out and "520 rows" in out, out
+    assert "quickstart: 8 trials" in out and "416 rows" in out, out
     assert list(tmp_path.iterdir()) == []

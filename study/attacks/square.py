@@ -103,7 +103,7 @@ class Square:
     p_init: float = 0.8
     restarts: int = 1
     rescale: bool = False
-    probe: int | None = None  # first run this many queries; the full budget only if they break a point
+    probe: int | None = None  # first this many queries at each point's largest eps; the full budget only if they break a point
     step_size = None  # random search: no step size; rows record null
 
     def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
@@ -114,9 +114,9 @@ class Square:
         return dict(queries=self.queries, p_init=self.p_init, restarts=self.restarts, rescale=self.rescale, probe=self.probe)
 
     def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
-        """With ``probe``, every point first gets a search of ``probe`` queries; if that breaks any
-        point (in a cascade: one the attacks before it left robust, a sign of masked gradients),
-        every point not broken at its lowest eps gets the full budget. A point's search is the same
+        """With ``probe``, every point first gets a search of ``probe`` queries at its largest eps;
+        if that breaks any point (in a cascade: one the attacks before it left robust, a sign of
+        masked gradients), every point not broken at its lowest eps gets the full budget. A point's search is the same
         sequence either way, so an escalated run gives exactly the full run's result."""
         eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, self.restarts)
         if x.dim() != 4:
@@ -124,7 +124,7 @@ class Square:
         state = _Outcome(x.detach(), eps)
         with frozen(model), torch.no_grad():
             if self.probe is not None and self.probe < self.queries:
-                self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe)
+                self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe, top_only=True)
                 if not state.found.any():
                     return state.result(ladder, early_stop)
                 # A point the probe broke at its lowest level is broken there by the full search
@@ -133,12 +133,14 @@ class Square:
             self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
         return state.result(ladder, early_stop)
 
-    def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget):
-        """Every level's search, at most ``budget`` queries each, on the points not yet fooled."""
+    def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget, top_only=False):
+        """Every level's search, at most ``budget`` queries each, on the points not yet fooled;
+        with ``top_only``, only each point's largest eps (the probe: where a masked model's
+        survivors are most and a working gradient leaves fewest)."""
         x, eps = state.x, state.eps
         for level in range(eps.shape[1]):
             for restart in range(self.restarts):
-                todo = (~state.found & (level < levels)).nonzero().squeeze(1)
+                todo = (~state.found & ((level == levels - 1) if top_only else (level < levels))).nonzero().squeeze(1)
                 for pts in todo.split(max_rows or max(len(todo), 1)):
                     adv, m, q = self._search(model, x[pts], y[pts], eps[pts, level], norm, rng[pts].fold(restart), budget)
                     state.queries[pts, level] += q
