@@ -294,3 +294,22 @@ def test_apgd_is_at_least_as_strong_as_pgd_100_on_the_standard_cnn(standard_cnn)
     for j in range(2):
         assert acc["apgd-ce"][j] <= acc["pgd"][j], acc
     assert acc["apgd-dlr"][0] <= acc["pgd"][0] + 0.01, acc
+
+
+def test_the_evaluator_runs_each_attack_at_its_own_settings():
+    """The evaluator's shared `steps` used to run APGD for 10 iterations and a shared step size
+    overrode its 2 eps schedule: each attack now has its own published defaults and options."""
+    from study.evaluators import EvalContext, robustness
+    from study.spec import RobustnessEval
+
+    model = make_model("linear", 0).float()
+    x, _ = make_data(12, 1, torch.float32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    axes = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": ["apgd-ce", {"name": "pgd", "steps": 20}, {"name": "apgd-t", "targets": 2}], "norms": {"linf": {"eps": [0.05]}}})
+    ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri="unused")
+    rows = {r["attack"]: r for r in robustness.evaluate(ctx, axes)}
+    assert (rows["apgd-ce"]["steps"], rows["apgd-ce"]["step_size"]) == (100, 2.0)
+    assert rows["apgd-ce"]["attack_options"] == "apgd-ce(steps=100,step_size=2,restarts=1)"
+    assert (rows["pgd"]["steps"], rows["pgd"]["step_size"]) == (20, 2.5 / 20)
+    assert (rows["apgd-t"]["steps"], rows["apgd-t"]["targets"]) == (100, 2)
