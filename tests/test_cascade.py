@@ -132,6 +132,39 @@ def test_square_probe_escalates_to_exactly_the_full_search(mlp):
     assert not tiny.fooled.any() and (tiny.queries <= 21).all(), "with nothing broken the probe is all it spends"
 
 
+def test_square_escalates_only_past_its_share_of_probed_points(mlp):
+    """The probe's breaks always count; the full budget runs only when they reach ``escalate``
+    of the points probed."""
+    model, x, y = mlp
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep][:40], y[keep][:40]
+    rng = PointRNG.for_points(1, len(y))
+    eps = torch.tensor([0.1, 0.15]).expand(len(y), 2)
+    low = attacks.make("square", queries=150, probe=20, escalate=0.01).run(model, x, y, eps, Linf, rng=rng)
+    high = attacks.make("square", queries=150, probe=20, escalate=1.0).run(model, x, y, eps, Linf, rng=rng)
+    assert high.fooled[:, 1].any(), "the probe's breaks count without escalation"
+    assert (high.queries <= 21).all() and (high.queries.sum() < low.queries.sum())
+    assert (high.fooled <= low.fooled).all() and low.fooled.sum() > high.fooled.sum()
+
+
+def test_screened_apgd_t_runs_the_targets_whose_short_runs_went_furthest(mlp):
+    """With screen and keep, the full runs go to the most promising targets: never weaker than
+    the clean top-``keep`` targets alone on this model, and at most every target's strength."""
+    model, x, y = mlp
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep][:60], y[keep][:60]
+    rng = PointRNG.for_points(2, len(y))
+    run = lambda **o: attacks.make("apgd-t", steps=20, **o).run(model, x, y, 0.08, Linf, rng=rng).fooled  # noqa: E731
+    every, screened, top2 = run(targets=9), run(targets=9, screen=4, keep=2), run(targets=2)
+    assert every.sum() >= screened.sum() >= top2.sum() > 0
+    with pytest.raises(attacks.OptionError, match="^screen"):
+        attacks.make("apgd-t", screen=4)
+    with pytest.raises(attacks.OptionError, match="^keep"):
+        attacks.make("apgd-t", screen=4, keep=10)
+
+
 # --------------------------------------------------------------------------------------------
 # The cascade
 

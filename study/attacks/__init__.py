@@ -53,6 +53,8 @@ def make(name: str, **options):
     except ValidationError as e:
         err = e.errors()[0]
         raise OptionError(f"{'.'.join(map(str, err['loc'])) or name}: {_short(err)}") from None
+    except ValueError as e:  # a check across options, in the factory; its message names the option
+        raise OptionError(str(e)) from None
 
 
 def _short(err: dict) -> str:

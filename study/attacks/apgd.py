@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,8 @@ class APGD:
     rho: float = 0.75
     momentum: float = 0.75
     targets: int | None = None  # apgd-t: how many of the most likely other classes to target
+    screen: int | None = None  # apgd-t: first a run of this many steps toward every target...
+    keep: int | None = None  # ...then the full runs toward the ``keep`` whose runs reached the highest loss
 
     def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
         """Plain attack (training use): every point's best-loss iterate, no early stop."""
@@ -137,7 +140,9 @@ class APGD:
     def options(self) -> dict:
         """The settings its result rows record."""
         own = dict(steps=self.steps, step_size=self.step_size, restarts=self.restarts)
-        return own if self.targets is None else {**own, "targets": self.targets}
+        if self.targets is None:
+            return own
+        return {**own, "targets": self.targets} if self.screen is None else {**own, "targets": self.targets, "screen": self.screen, "keep": self.keep}
 
     def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
         """Attack every point; ``max_rows`` bounds the batch (all points at once when None)."""
@@ -155,29 +160,41 @@ class APGD:
         with frozen(model):
             n_targets = 1 if self.targets is None or not n else min(self.targets, _n_classes(model, x) - 1)
             target = ranked_targets(model, x, y, n_targets, max_rows) if self.targets is not None else y[:, None]
+
+            def attempt(level, targets, counter, steps):
+                """One run of ``steps`` per point still robust at ``level``, toward targets[p];
+                returns the best loss per point (-inf for points not run or fooled)."""
+                scores = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+                todo = (~found & (level < levels)).nonzero().squeeze(1)
+                for pts in todo.split(max_rows or max(len(todo), 1)):
+                    e = eps[pts, level]
+                    unit = _unit_start(norm, rng[pts].fold(counter), x.shape[1:], x.dtype)
+                    start = self._project(x[pts], x[pts] + unit * per_point(e, x), e, norm)
+                    best, best_loss, hit, adv = self._attack(model, loss_fn, x[pts], y[pts], targets[pts], e, start, norm, early_stop, steps)
+                    if hit.any():
+                        p = pts[hit]
+                        dist = norm.measure(adv[hit] - x[p])
+                        x_adv[p] = adv[hit]
+                        found[p] = True
+                        # At its own level and above by construction (the measured distance
+                        # may exceed that eps by rounding); below it wherever the distance fits.
+                        fooled[p] = (steps_up >= level) | (eps[p] >= dist[:, None])
+                    last = level == levels[pts] - 1  # a point never fooled keeps its best-loss iterate
+                    keep = ~hit & last & (best_loss > top_loss[pts])
+                    x_adv[pts[keep]] = best[keep]
+                    top_loss[pts[keep]] = best_loss[keep]
+                    scores[pts[~hit]] = best_loss[~hit]
+                return scores
+
             for level in range(n_levels):
-                for t in range(n_targets):
+                order = target
+                if self.screen is not None:
+                    # Short runs toward every candidate; the full runs go to the most promising.
+                    scores = torch.stack([attempt(level, target[:, t], -(t + 1), self.screen) for t in range(n_targets)], 1)
+                    order = target.gather(1, scores.argsort(dim=1, descending=True, stable=True)[:, : self.keep])
+                for t in range(order.shape[1]):
                     for restart in range(self.restarts):
-                        todo = (~found & (level < levels)).nonzero().squeeze(1)
-                        if not len(todo):
-                            break
-                        for pts in todo.split(max_rows or max(len(todo), 1)):
-                            e = eps[pts, level]
-                            unit = _unit_start(norm, rng[pts].fold(t * self.restarts + restart), x.shape[1:], x.dtype)
-                            start = self._project(x[pts], x[pts] + unit * per_point(e, x), e, norm)
-                            best, best_loss, hit, adv = self._attack(model, loss_fn, x[pts], y[pts], target[pts, t], e, start, norm, early_stop)
-                            if hit.any():
-                                p = pts[hit]
-                                dist = norm.measure(adv[hit] - x[p])
-                                x_adv[p] = adv[hit]
-                                found[p] = True
-                                # At its own level and above by construction (the measured distance
-                                # may exceed that eps by rounding); below it wherever the distance fits.
-                                fooled[p] = (steps_up >= level) | (eps[p] >= dist[:, None])
-                            last = level == levels[pts] - 1  # a point never fooled keeps its best-loss iterate
-                            keep = ~hit & last & (best_loss > top_loss[pts])
-                            x_adv[pts[keep]] = best[keep]
-                            top_loss[pts[keep]] = best_loss[keep]
+                        attempt(level, order[:, t], t * self.restarts + restart, self.steps)
         return AttackResult(x_adv, fooled if ladder else fooled[:, 0])
 
     @staticmethod
@@ -185,8 +202,8 @@ class APGD:
         """P: onto the eps-ball around x (the norm's projection), then into the box [0, 1]."""
         return (x + norm.project(point - x, eps)).clamp(0, 1)
 
-    def _attack(self, model, loss_fn, x, y, target, eps, start, norm, early_stop):
-        """One APGD run from ``start`` on a batch, at one radius per row. Returns, per row, the
+    def _attack(self, model, loss_fn, x, y, target, eps, start, norm, early_stop, steps):
+        """One APGD run of ``steps`` iterations from ``start`` on a batch, at one radius per row. Returns, per row, the
         best-loss iterate and its loss, whether an iterate was misclassified (only with early_stop:
         the row then left the batch) and that iterate."""
         n = len(x)
@@ -207,7 +224,7 @@ class APGD:
             best_at_check=loss,  # f_max at w_{j-1}
             halved_at_check=torch.zeros(n, dtype=torch.bool, device=x.device),  # eta halved at w_{j-1}
         )
-        ws = set(checkpoints(self.steps)) - {0}
+        ws = set(checkpoints(steps)) - {0}
         last_w = 0
 
         def leave_if_fooled(wrong):
@@ -217,7 +234,7 @@ class APGD:
                 s.keep(~wrong)
 
         leave_if_fooled(wrong)
-        for k in range(self.steps):  # computes x^{k+1}
+        for k in range(steps):  # computes x^{k+1}
             if not len(s.rows):
                 break
             # The step: plain for the first one, then with momentum.
@@ -290,9 +307,21 @@ def apgd_dlr(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 
     return APGD("apgd-dlr", "dlr", steps, step_size, restarts)
 
 
-def apgd_t(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, targets: PosInt = 9) -> APGD:
-    """AutoAttack's APGD-T: 100 iterations per target, the 9 most likely other classes."""
-    return APGD("apgd-t", "dlr-targeted", steps, step_size, restarts, targets=targets)
+def apgd_t(
+    steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, targets: PosInt = 9,
+    screen: Optional[PosInt] = None, keep: Optional[PosInt] = None,
+) -> APGD:
+    """AutoAttack's APGD-T: 100 iterations per target, the 9 most likely other classes. With
+    ``screen`` and ``keep``: a ``screen``-step run toward each of the ``targets`` classes first,
+    then the full ``steps`` toward the ``keep`` classes whose short runs reached the highest
+    targeted loss (per point)."""
+    if (screen is None) != (keep is None):
+        raise ValueError(f"{'keep' if screen is None else 'screen'}: apgd-t takes screen and keep together (short runs toward every target, then full runs toward the best keep)")
+    if keep is not None and keep > targets:
+        raise ValueError(f"keep: must be at most targets ({targets})")
+    if screen is not None and screen >= steps:
+        raise ValueError(f"screen: must be fewer than steps ({steps})")
+    return APGD("apgd-t", "dlr-targeted", steps, step_size, restarts, targets=targets, screen=screen, keep=keep)
 
 
 APGD_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr, "apgd-t": apgd_t}

@@ -103,7 +103,8 @@ class Square:
     p_init: float = 0.8
     restarts: int = 1
     rescale: bool = False
-    probe: int | None = None  # first this many queries at each point's largest eps; the full budget only if they break a point
+    probe: int | None = None  # first this many queries at each point's largest eps; the full budget only if they break enough points
+    escalate: float = 0.01  # enough: this share of the points probed (at least one)
     step_size = None  # random search: no step size; rows record null
 
     def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
@@ -111,13 +112,16 @@ class Square:
         return self.run(model, x, y, eps, norm, rng=rng, early_stop=True).x_adv
 
     def options(self) -> dict:
-        return dict(queries=self.queries, p_init=self.p_init, restarts=self.restarts, rescale=self.rescale, probe=self.probe)
+        own = dict(queries=self.queries, p_init=self.p_init, restarts=self.restarts, rescale=self.rescale, probe=self.probe)
+        return own if self.probe is None else {**own, "escalate": self.escalate}
 
     def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
         """With ``probe``, every point first gets a search of ``probe`` queries at its largest eps;
-        if that breaks any point (in a cascade: one the attacks before it left robust, a sign of
-        masked gradients), every point not broken at its lowest eps gets the full budget. A point's search is the same
-        sequence either way, so an escalated run gives exactly the full run's result."""
+        if that breaks at least the share ``escalate`` of the points probed (in a cascade: points
+        the gradient attacks before it left robust, a sign of masked gradients), every point not
+        broken at its lowest eps gets the full budget. A point's search is the same sequence
+        either way, so an escalated run gives exactly the full run's result; the points the probe
+        broke count either way."""
         eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, self.restarts)
         if x.dim() != 4:
             raise ValueError("square needs images (N x C x H x W)")
@@ -125,7 +129,8 @@ class Square:
         with frozen(model), torch.no_grad():
             if self.probe is not None and self.probe < self.queries:
                 self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe, top_only=True)
-                if not state.found.any():
+                probed = int((levels > 0).sum())
+                if int(state.found.sum()) < max(1, math.ceil(self.escalate * probed)):
                     return state.result(ladder, early_stop)
                 # A point the probe broke at its lowest level is broken there by the full search
                 # too (its first queries are the probe's); any other starts again with the budget.
@@ -267,10 +272,14 @@ def _unit(delta: torch.Tensor) -> torch.Tensor:
     return delta / per_point(torch.where(norms > 0, norms, torch.ones_like(norms)), delta)
 
 
-def square(queries: PosInt = 5000, p_init: Fraction = 0.8, restarts: PosInt = 1, rescale: bool = False, probe: Optional[PosInt] = None) -> Square:
+def square(
+    queries: PosInt = 5000, p_init: Fraction = 0.8, restarts: PosInt = 1, rescale: bool = False,
+    probe: Optional[PosInt] = None, escalate: Fraction = 0.01,
+) -> Square:
     """AutoAttack's Square: 5,000 queries, p_init 0.8, the schedule unscaled; ``probe``: a first,
-    shorter search that must break a point before the full budget is spent."""
-    return Square(queries=queries, p_init=p_init, restarts=restarts, rescale=rescale, probe=probe)
+    shorter search that must break the share ``escalate`` of the points it searched (at least
+    one) before the full budget is spent."""
+    return Square(queries=queries, p_init=p_init, restarts=restarts, rescale=rescale, probe=probe, escalate=escalate)
 
 
 SQUARE_ATTACKS = {"square": square}
