@@ -220,7 +220,7 @@ class Square:
         old = delta * mask1
         pattern = eta_pattern(s, x.dtype, x.device)
         flip = rng.integers(2, i, "flip").bool()
-        placed = torch.where(flip[:, None, None, None], _placed(pattern.t(), vh, vw, h, w), _placed(pattern, vh, vw, h, w))
+        placed = _placed(torch.where(flip[:, None, None], pattern.t()[None], pattern[None]), vh, vw, h, w)
         window = placed * rng.signs((c, 1, 1), i, "signs", dtype=x.dtype) + old / (channel_norm(old) + 1e-12)
         # The new window takes the budget the two windows held, plus what is left under eps.
         free = (per_point(eps, x) ** 2 - delta.flatten(1).square().sum(1).view(-1, 1, 1, 1)).clamp_min(0)
