@@ -82,9 +82,7 @@ class PointRNG:
 
     def uniform(self, shape, *tags, dtype=torch.float32) -> torch.Tensor:
         """(N, *shape) uniform in [0, 1), on a grid of 2^-24 (float32) or 2^-53 (float64)."""
-        bits = 53 if dtype == torch.float64 else 24
-        v = _srl(self.bits(shape, *tags), 64 - bits)
-        return v.to(dtype) * (2.0**-bits)
+        return to_uniform(self.bits(shape, *tags), dtype)
 
     def normal(self, shape, *tags, dtype=torch.float32) -> torch.Tensor:
         """(N, *shape) standard normal (Box-Muller on two uniform draws)."""
@@ -94,10 +92,30 @@ class PointRNG:
 
     def signs(self, shape, *tags, dtype=torch.float32) -> torch.Tensor:
         """(N, *shape) of -1 and +1 with equal odds."""
-        return (_srl(self.bits(shape, *tags), 63) * 2 - 1).to(dtype)
+        return to_signs(self.bits(shape, *tags), dtype)
 
     def integers(self, high, *tags) -> torch.Tensor:
         """(N,) int64 uniform in [0, high); ``high`` an int or an (N,) tensor of ints >= 1."""
-        u = self.uniform((), *tags, dtype=torch.float64)
-        high = torch.as_tensor(high, device=u.device, dtype=torch.float64)
-        return torch.minimum((u * high).floor(), high - 1).to(torch.int64)
+        return to_integers(self.bits((), *tags), high)
+
+
+# Several numbers of one kind or another from one ``bits`` draw (one hash per number, however
+# many kinds): a hot loop drawing a few numbers per step pays for the hashing once.
+
+
+def to_uniform(bits: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Uniform in [0, 1) from random bits: the top 24 (float32) or 53 (float64)."""
+    n = 53 if dtype == torch.float64 else 24
+    return _srl(bits, 64 - n).to(dtype) * (2.0**-n)
+
+
+def to_signs(bits: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """-1 or +1 from the top bit."""
+    return (_srl(bits, 63) * 2 - 1).to(dtype)
+
+
+def to_integers(bits: torch.Tensor, high) -> torch.Tensor:
+    """int64 uniform in [0, high) from random bits; ``high`` an int or a tensor of ints >= 1."""
+    u = to_uniform(bits, torch.float64)
+    high = torch.as_tensor(high, device=u.device, dtype=torch.float64)
+    return torch.minimum((u * high).floor(), high - 1).to(torch.int64)

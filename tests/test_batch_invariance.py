@@ -68,6 +68,7 @@ def test_the_model_is_confident_enough_for_the_bug_to_show(confident):
         ("apgd-t", dict(steps=10, targets=2), L2, 0.5),
         ("fab-t", dict(steps=10, targets=2), L2, 0.5),
         ("square", dict(queries=60), Linf, 0.1),
+        ("square", dict(queries=60), L2, 1.0),
     ],
 )
 def test_a_point_gets_the_same_outcome_in_any_batch(confident, name, options, norm, eps):

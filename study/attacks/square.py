@@ -27,6 +27,7 @@ proposal), per point and eps. Along an eps ladder, only the points a level leave
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -34,6 +35,7 @@ from typing import Optional
 import torch
 
 from study.attacks.gradient import AttackResult, frozen, per_point, prepare
+from study.rng import to_integers, to_signs
 from study.types import Fraction, PosInt
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -73,27 +75,16 @@ def eta_pattern(s: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     return pattern / pattern.norm()
 
 
-def _windows(rng, tags, n, h, w, s, device):
-    """(N, 1, h, w) masks of one random s x s window per point, and its corner."""
-    vh = rng.integers(h - s + 1, *tags, "row")
-    vw = rng.integers(w - s + 1, *tags, "col")
-    rows = torch.arange(h, device=device)[None, :]
-    cols = torch.arange(w, device=device)[None, :]
-    inside_r = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
-    inside_c = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
-    return (inside_r[:, :, None] & inside_c[:, None, :])[:, None], vh, vw
+def _window(bits, h, w, s):
+    """Each point's random s x s window, from (N, 2) random bits: (N, s) rows and (N, s) columns."""
+    span = torch.arange(s, device=bits.device)
+    return to_integers(bits[:, 0], h - s + 1)[:, None] + span, to_integers(bits[:, 1], w - s + 1)[:, None] + span
 
 
-def _placed(pattern: torch.Tensor, vh, vw, h, w) -> torch.Tensor:
-    """(N, 1, h, w): ``pattern`` (s x s, or (N, s, s)) placed at each point's corner, 0 elsewhere."""
-    s = pattern.shape[-1]
-    lr = torch.arange(h, device=vh.device)[None, :] - vh[:, None]
-    lc = torch.arange(w, device=vh.device)[None, :] - vw[:, None]
-    inside = ((lr >= 0) & (lr < s))[:, :, None] & ((lc >= 0) & (lc < s))[:, None, :]
-    flat_index = lr.clamp(0, s - 1)[:, :, None] * s + lc.clamp(0, s - 1)[:, None, :]
-    flat = pattern.reshape(-1, s * s)
-    values = flat.expand(len(vh), -1).gather(1, flat_index.flatten(1)).view(len(vh), h, w)
-    return torch.where(inside, values, torch.zeros_like(values))[:, None]
+def _cells(rows, cols, w, c):
+    """(N, C, s * s) positions of the windows' cells in images flattened to (N, C, H * W)."""
+    flat = (rows[:, :, None] * w + cols[:, None, :]).flatten(1)
+    return flat[:, None].expand(-1, c, -1)
 
 
 @dataclass(frozen=True)
@@ -146,7 +137,12 @@ class Square:
         for level in range(eps.shape[1]):
             for restart in range(self.restarts):
                 todo = (~state.found & ((level == levels - 1) if top_only else (level < levels))).nonzero().squeeze(1)
-                for pts in todo.split(max_rows or max(len(todo), 1)):
+                # Forward passes only, with no activations kept for a backward pass: twice a
+                # gradient attack's rows cost the same per row (the CNN on a CPU: 17-18 us per row
+                # from 192 to 512 rows, 27 at 768). Even chunks: every row runs the whole budget
+                # unless it is broken, so a small last chunk would cost nearly a full one.
+                rows = 2 * max_rows if max_rows else max(len(todo), 1)
+                for pts in todo.tensor_split(math.ceil(len(todo) / rows)) if len(todo) else ():
                     adv, m, q = self._search(model, x[pts], y[pts], eps[pts, level], norm, rng[pts].fold(restart), budget)
                     state.queries[pts, level] += q
                     state.record(pts, level, adv, m, norm, last=level == levels[pts] - 1)
@@ -174,10 +170,10 @@ class Square:
             r = rng[rows]
             if norm.name == "linf":
                 s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
-                mask, _, _ = _windows(r, (i, "w1"), len(rows), h, w, s, x.device)
-                signs = r.signs((c, 1, 1), i, "signs", dtype=x.dtype)
-                xr, er = x[rows], e[rows]
-                proposal = torch.where(mask, xr + er * signs, best[rows]).clamp(0, 1)
+                bits = r.bits((2 + c,), i)  # the window, then a sign per channel
+                cells = _cells(*_window(bits, h, w, s), w, c)
+                vertex = x[rows].flatten(2).gather(2, cells) + e[rows].view(-1, 1, 1) * to_signs(bits[:, 2:, None], x.dtype)
+                proposal = best[rows].flatten(2).scatter(2, cells, vertex.clamp(0, 1)).view(-1, c, h, w)
             else:
                 proposal = self._l2_proposal(r, i, x[rows], best[rows], eps[rows], p)
             new = margin(model(proposal), y[rows])
@@ -210,24 +206,37 @@ class Square:
 
     @staticmethod
     def _l2_proposal(rng, i, x, best, eps, p):
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + (s % 2 == 0), h, w)
-        delta = best - x
-        mask1, vh, vw = _windows(rng, (i, "w1"), n, h, w, s, x.device)
-        mask2, _, _ = _windows(rng, (i, "w2"), n, h, w, s, x.device)
-        channel_norm = lambda t: t.square().sum(dim=(2, 3), keepdim=True).sqrt()
-        old = delta * mask1
-        pattern = eta_pattern(s, x.dtype, x.device)
-        flip = rng.integers(2, i, "flip").bool()
-        placed = _placed(torch.where(flip[:, None, None], pattern.t()[None], pattern[None]), vh, vw, h, w)
-        window = placed * rng.signs((c, 1, 1), i, "signs", dtype=x.dtype) + old / (channel_norm(old) + 1e-12)
+        delta = (best - x).flatten(2)  # (N, C, H * W); windows are (N, C, s * s), norms per channel
+        bits = rng.bits((5 + c,), i)  # two windows, the pattern's orientation, a sign per channel
+        rows1, cols1 = _window(bits[:, 0:2], h, w, s)
+        rows2, cols2 = _window(bits[:, 2:4], h, w, s)
+        cells1, cells2 = _cells(rows1, cols1, w, c), _cells(rows2, cols2, w, c)
+        old = delta.gather(2, cells1)
+        old_sq = old.square().sum(2, keepdim=True)
+        # The union of the two windows: window 1, plus window 2's cells outside it.
+        in_rows = (rows2 >= rows1[:, :1]) & (rows2 <= rows1[:, -1:])
+        in_cols = (cols2 >= cols1[:, :1]) & (cols2 <= cols1[:, -1:])
+        outside1 = ~(in_rows[:, :, None] & in_cols[:, None, :]).flatten(1)[:, None]
+        union_sq = old_sq + (delta.gather(2, cells2).square() * outside1).sum(2, keepdim=True)
+        flat, turned = _eta(s, x.dtype, x.device)
+        pattern = torch.where(to_integers(bits[:, 4], 2).bool()[:, None], turned, flat)[:, None]
+        window = pattern * to_signs(bits[:, 5:, None], x.dtype) + old / (old_sq.sqrt() + 1e-12)
         # The new window takes the budget the two windows held, plus what is left under eps.
-        free = (per_point(eps, x) ** 2 - delta.flatten(1).square().sum(1).view(-1, 1, 1, 1)).clamp_min(0)
-        budget = (free / c + channel_norm(delta * (mask1 | mask2)) ** 2).sqrt()
-        window = window / (channel_norm(window) + 1e-12) * budget
-        delta = torch.where(mask1, window, torch.where(mask2, torch.zeros_like(delta), delta))
-        return (x + per_point(eps, x) * _unit(delta)).clamp(0, 1)
+        free = (eps.to(x.dtype) ** 2 - delta.flatten(1).square().sum(1)).clamp_min(0).view(-1, 1, 1)
+        budget = (free / c + union_sq).sqrt()
+        window = window / (window.square().sum(2, keepdim=True).sqrt() + 1e-12) * budget
+        new = delta.scatter(2, cells2, torch.zeros_like(window)).scatter(2, cells1, window).view_as(x)
+        return (x + per_point(eps, x) * _unit(new)).clamp(0, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _eta(s: int, dtype, device):
+    """eta_pattern(s) and its transpose, flattened to (s * s,) (the schedule uses a handful of sizes)."""
+    pattern = eta_pattern(s, dtype, device)
+    return pattern.flatten(), pattern.t().flatten()
 
 
 class _Outcome:
