@@ -115,20 +115,25 @@ def test_square_counts_queries_and_keeps_to_the_ball(mlp):
         assert 0 < res.fooled.sum() < len(y)
 
 
-def test_square_probe_escalates_to_exactly_the_full_search(mlp):
+@pytest.mark.parametrize("norm, grid", [(Linf, [0.1, 0.15]), (L2, [1.0, 1.5])], ids=["linf", "l2"])
+def test_square_probe_escalates_to_exactly_the_full_search(mlp, norm, grid):
     """Where the probe breaks a point, the points it left robust get the full budget, and the
-    result is the full search's, point by point; where it breaks none, it stops there."""
+    result is the full search's, point by point; the probe's queries are not spent again (a
+    probed search goes on from where the probe left it); where it breaks none, it stops there."""
     model, x, y = mlp
     with torch.no_grad():
         keep = model(x).argmax(1) == y
     x, y = x[keep][:40], y[keep][:40]
     rng = PointRNG.for_points(1, len(y))
-    eps = torch.tensor([0.1, 0.15]).expand(len(y), 2)
-    full = attacks.make("square", queries=150).run(model, x, y, eps, Linf, rng=rng)
-    probed = attacks.make("square", queries=150, probe=20).run(model, x, y, eps, Linf, rng=rng)
-    assert torch.equal(full.fooled, probed.fooled) and full.fooled.any()
-    assert (probed.queries.sum(1) >= full.queries.sum(1)).all()
-    tiny = attacks.make("square", queries=150, probe=20).run(model, x, y, 1e-4, Linf, rng=rng)
+    eps = torch.tensor(grid).expand(len(y), 2)
+    full = attacks.make("square", queries=150).run(model, x, y, eps, norm, rng=rng)
+    probed = attacks.make("square", queries=150, probe=20).run(model, x, y, eps, norm, rng=rng)
+    assert torch.equal(full.fooled, probed.fooled) and full.fooled.any() and not full.fooled.all()
+    assert torch.equal(full.x_adv, probed.x_adv)
+    reached = full.queries[:, 1] > 0  # the full ladder searched these points at the top eps, where the probe did
+    assert reached.any() and torch.equal(probed.queries[reached], full.queries[reached]), "a probed search started again"
+    assert torch.equal(probed.queries[~reached, 0], full.queries[~reached, 0]) and (probed.queries[~reached, 1] <= 21).all()
+    tiny = attacks.make("square", queries=150, probe=20).run(model, x, y, 1e-4, norm, rng=rng)
     assert not tiny.fooled.any() and (tiny.queries <= 21).all(), "with nothing broken the probe is all it spends"
 
 

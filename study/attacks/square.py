@@ -111,45 +111,57 @@ class Square:
         if that breaks at least the share ``escalate`` of the points probed (in a cascade: points
         the gradient attacks before it left robust, a sign of masked gradients), every point not
         broken at its lowest eps gets the full budget. A point's search is the same sequence
-        either way, so an escalated run gives exactly the full run's result; the points the probe
-        broke count either way."""
+        either way, so an escalated run gives exactly the full run's result: each probed search
+        goes on from where the probe left it, and the others start from the beginning."""
         eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, self.restarts)
         if x.dim() != 4:
             raise ValueError("square needs images (N x C x H x W)")
         state = _Outcome(x.detach(), eps)
         with frozen(model), torch.no_grad():
             if self.probe is not None and self.probe < self.queries:
-                self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe, top_only=True)
+                probes = {}
+                self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe, top_only=True, probes=probes)
                 probed = int((levels > 0).sum())
                 if int(state.found.sum()) < max(1, math.ceil(self.escalate * probed)):
                     return state.result(ladder, early_stop)
                 # A point the probe broke at its lowest level is broken there by the full search
-                # too (its first queries are the probe's); any other starts again with the budget.
+                # too; any other point's ladder is searched again, its probed search resumed.
                 state.forget(~state.fooled[:, 0])
-            self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
+                self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries, probes=probes)
+            else:
+                self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
         return state.result(ladder, early_stop)
 
-    def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget, top_only=False):
+    def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget, top_only=False, probes=None):
         """Every level's search, at most ``budget`` queries each, on the points not yet fooled;
         with ``top_only``, only each point's largest eps (the probe: where a masked model's
-        survivors are most and a working gradient leaves fewest)."""
+        survivors are most and a working gradient leaves fewest), and each search's end is kept
+        in ``probes`` ((level, restart) -> _Kept); otherwise a search kept there goes on from it."""
         x, eps = state.x, state.eps
         for level in range(eps.shape[1]):
             for restart in range(self.restarts):
                 todo = (~state.found & ((level == levels - 1) if top_only else (level < levels))).nonzero().squeeze(1)
+                if probes is not None and top_only and len(todo):
+                    probes[level, restart] = _Kept(x, budget)
+                kept = None if probes is None else probes.get((level, restart))
                 # Forward passes only, with no activations kept for a backward pass: twice a
                 # gradient attack's rows cost the same per row (the CNN on a CPU: 17-18 us per row
                 # from 192 to 512 rows, 27 at 768). Even chunks: every row runs the whole budget
                 # unless it is broken, so a small last chunk would cost nearly a full one.
                 rows = 2 * max_rows if max_rows else max(len(todo), 1)
                 for pts in todo.tensor_split(math.ceil(len(todo) / rows)) if len(todo) else ():
-                    adv, m, q = self._search(model, x[pts], y[pts], eps[pts, level], norm, rng[pts].fold(restart), budget)
+                    resume = kept.at(pts) if kept is not None and not top_only else None
+                    adv, m, q = self._search(model, x[pts], y[pts], eps[pts, level], norm, rng[pts].fold(restart), budget, resume)
+                    if top_only and kept is not None:
+                        kept.put(pts, adv, m)
                     state.queries[pts, level] += q
                     state.record(pts, level, adv, m, norm, last=level == levels[pts] - 1)
 
-    def _search(self, model, x, y, eps, norm, rng, budget):
+    def _search(self, model, x, y, eps, norm, rng, budget, resume=None):
         """One search on a batch at radii ``eps`` (N,), at most ``budget`` proposals: the best point
-        per row, its margin and the queries it spent."""
+        per row, its margin and the queries it spent. ``resume`` (kept, best, margin, done): the
+        rows ``kept`` go on from that best point and margin after ``done`` proposals (not counted
+        again); the others first catch up with them."""
         n, c, h, w = x.shape
         e = per_point(eps, x)
         if norm.name == "linf":
@@ -158,11 +170,24 @@ class Square:
             start = x + e * _unit(self._l2_start(rng, x))
         else:
             raise ValueError(f"square supports linf and l2, not {norm.name}")
+        fresh = torch.ones(n, dtype=torch.bool, device=x.device) if resume is None else ~resume[0]
         best = start.clamp(0, 1)
-        loss = margin(model(best), y)
-        queries = torch.ones(n, dtype=torch.long, device=x.device)
-        rows = torch.arange(n, device=x.device)
-        for i in range(budget):
+        loss = torch.zeros(n, dtype=x.dtype, device=x.device)
+        if fresh.any():
+            loss[fresh] = margin(model(best[fresh]), y[fresh])
+        queries = fresh.long()
+        first = 0
+        if resume is not None:
+            kept, kept_best, kept_loss, first = resume
+            self._steps(model, x, y, e, eps, norm, rng, best, loss, queries, fresh.nonzero().squeeze(1), 0, first)
+            best[kept], loss[kept] = kept_best[kept], kept_loss[kept]
+        self._steps(model, x, y, e, eps, norm, rng, best, loss, queries, torch.arange(n, device=x.device), first, budget)
+        return best, loss, queries
+
+    def _steps(self, model, x, y, e, eps, norm, rng, best, loss, queries, rows, first, last):
+        """Proposals ``first`` ... ``last`` - 1 for ``rows``, updating best, loss and queries in place."""
+        _, c, h, w = x.shape
+        for i in range(first, last):
             rows = rows[loss[rows] > 0]
             if not len(rows):
                 break
@@ -181,7 +206,6 @@ class Square:
             take = (new < loss[rows]) | (new <= 0)
             best[rows[take]] = proposal[take]
             loss[rows[take]] = new[take]
-        return best, loss, queries
 
     @staticmethod
     def _l2_start(rng, x):
@@ -237,6 +261,23 @@ def _eta(s: int, dtype, device):
     """eta_pattern(s) and its transpose, flattened to (s * s,) (the schedule uses a handful of sizes)."""
     pattern = eta_pattern(s, dtype, device)
     return pattern.flatten(), pattern.t().flatten()
+
+
+class _Kept:
+    """Where the probe's searches at one (level, restart) ended, per point: the best point, its
+    margin, and that it ran ``done`` proposals (all of them, unless it broke the point first)."""
+
+    def __init__(self, x, done):
+        self.done = done
+        self.has = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.best = torch.empty_like(x)
+        self.loss = torch.empty(len(x), dtype=x.dtype, device=x.device)
+
+    def put(self, pts, best, loss):
+        self.has[pts], self.best[pts], self.loss[pts] = True, best, loss
+
+    def at(self, pts):
+        return self.has[pts], self.best[pts], self.loss[pts], self.done
 
 
 class _Outcome:
