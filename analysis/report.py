@@ -1,4 +1,5 @@
-"""One offline HTML page for a study: ``python -m analysis.report RESULTS [--out DIR]``.
+"""One offline HTML page for a study: ``advsweep report RESULTS [--out DIR]`` (or
+``python -m analysis.report``).
 
 Writes DIR/index.html (default ``report/<study>/`` under the current folder) and one PNG per
 chart beside it. The page carries Vega, Vega-Lite and vega-embed inline (vl-convert's bundle),
@@ -784,8 +785,8 @@ def write_report(results: str, out: str | Path | None = None) -> Path:
     return index
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+def main(argv=None, prog="python -m analysis.report") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("results", help="results folder or URI, e.g. results/quickstart")
     p.add_argument("--out", help="output folder (default: report/<study>)")
     args = p.parse_args(argv)

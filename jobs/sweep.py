@@ -1,9 +1,10 @@
-"""Run a study: ``python -m jobs.sweep SPEC [--results URI] [--resume] [--overwrite] [--dry-run]``.
+"""Run a study: ``advsweep run SPEC [--results URI] [--resume] [--overwrite] [--dry-run]``.
 
-The same command runs on a laptop (embedded Ray) and as the ``ray job submit`` entry point
-(``ray.init()`` honours RAY_ADDRESS). Exit status: 0 done, 1 some trial failed or rows are
-missing, 2 bad input. ``--resume`` continues an interrupted sweep from Tune's experiment state
-under ``<results>/tune/<study>``: finished trials are not run again.
+The same command, as ``python -m jobs.sweep``, is the ``ray job submit`` entry point; it runs on
+a laptop (embedded Ray) and on a cluster (``ray.init()`` honours RAY_ADDRESS). Exit status: 0
+done, 1 some trial failed or rows are missing, 2 bad input. ``--resume`` continues an
+interrupted sweep from Tune's experiment state under ``<results>/tune/<study>``: finished trials
+are not run again.
 
 A results folder belongs to one study (its spec's ``name``): a new run of that study replaces
 the folder's earlier rows (its models stay in the store), so results and a report made while it
@@ -31,8 +32,8 @@ from study.store import ModelStore, model_key
 SPEC_FILE = "spec.json"  # the resolved spec a sweep started with; --resume checks it is unchanged
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.splitlines()[0])
+def parse_args(argv, prog="python -m jobs.sweep"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("spec", help="search space YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--results", help="results folder or URI (overrides the spec's `results`)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this spec and results folder")
@@ -376,8 +377,8 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     print(f"manifest: {manifest_path}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog="python -m jobs.sweep") -> int:
+    args = parse_args(argv, prog)
     try:
         spec, ds = prepare(args)
     except SpecError as e:
