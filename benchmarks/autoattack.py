@@ -63,30 +63,30 @@ def load_model(name: str, ds, device) -> torch.nn.Module:
     return model.eval()
 
 
-def ours(model, x, y, preset: str) -> tuple[dict, float]:
+def ours(model, x, y, preset: str, seed: int = 0) -> tuple[dict, float]:
     """{(norm, eps): robust accuracy} of the preset's `worst` rows, and the seconds it took."""
     axes = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": preset, "norms": {n: {"eps": e} for n, e in POINTS.items()}})
-    ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="benchmark", results_uri=str(ROOT / "results" / "benchmark"))
+    ctx = EvalContext(model=model, x=x, y=y, seed=seed, x_train=None, y_train=None, trial_id="benchmark", results_uri=str(ROOT / "results" / "benchmark"))
     start = time.perf_counter()
     rows = robustness.evaluate(ctx, axes)
     return {(r["norm"], r["eps"]): r["robust_acc"] for r in rows if r["attack"] == "worst"}, time.perf_counter() - start
 
 
-def reference_attacks(model, norm: str, eps: float, shipped: bool):
+def reference_attacks(model, norm: str, eps: float, shipped: bool, seed: int):
     import torchattacks as ta
 
     name = {"linf": "Linf", "l2": "L2"}[norm]
     if shipped:
-        return [ta.AutoAttack(model, norm=name, eps=eps, version="standard", n_classes=10, seed=0)]
+        return [ta.AutoAttack(model, norm=name, eps=eps, version="standard", n_classes=10, seed=seed)]
     return [
-        ta.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
-        ta.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
-        ta.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
-        ta.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=0),
+        ta.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
+        ta.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, n_classes=10, seed=seed),
+        ta.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=seed),
+        ta.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=seed),
     ]
 
 
-def reference(model, x, y, shipped: bool = False, batch: int = 250) -> tuple[dict, float]:
+def reference(model, x, y, shipped: bool = False, batch: int = 250, seed: int = 0) -> tuple[dict, float]:
     """AutoAttack's cascade at each eps on its own: {(norm, eps): robust accuracy}, seconds."""
     out, start = {}, time.perf_counter()
     with torch.no_grad():
@@ -94,7 +94,7 @@ def reference(model, x, y, shipped: bool = False, batch: int = 250) -> tuple[dic
     for norm, grid in POINTS.items():
         for eps in grid:
             left = robust.clone()
-            for attack in reference_attacks(model, norm, eps, shipped):
+            for attack in reference_attacks(model, norm, eps, shipped, seed):
                 idx = left.nonzero().squeeze(1)
                 for part in idx.split(batch):
                     adv = attack(x[part], y[part])
@@ -113,24 +113,25 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true", help="only ours (no torchattacks needed)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every attack, ours and the reference's (their spread across seeds is the resolution of a comparison)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     ds = data.load(DataSpec(dataset="mnist-5k"))
     x, y = torch.from_numpy(ds.x_test[: args.points]).to(device), torch.from_numpy(ds.y_test[: args.points]).to(device)
     presets = args.presets.split(",")
-    print(f"{args.points} points on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"{args.points} points on {device}, seed {args.seed}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     for name in args.models.split(","):
         model = load_model(name, ds, device)
         results = {}
         for preset in presets:
-            results[preset] = ours(model, x, y, preset)
+            results[preset] = ours(model, x, y, preset, args.seed)
             print(f"  ours {preset}: {results[preset][1]:.0f} s", flush=True)
         if not args.no_reference:
-            results["reference"] = reference(model, x, y)
+            results["reference"] = reference(model, x, y, seed=args.seed)
             print(f"  reference: {results['reference'][1]:.0f} s", flush=True)
             if args.shipped:
-                results["shipped"] = reference(model, x, y, shipped=True)
+                results["shipped"] = reference(model, x, y, shipped=True, seed=args.seed)
                 print(f"  torchattacks AutoAttack as shipped: {results['shipped'][1]:.0f} s", flush=True)
         table(name, results, presets)
     return 0

@@ -23,7 +23,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from study import __version__, data, features, fsio, results
+from study import __version__, data, features, fsio, imports, preflight, results
 from study.data import DataError
 from study.spec import SpecError, StudySpec, TrainConfig, load_spec
 from study.generative import generative_key
@@ -51,7 +51,7 @@ def prepare(args) -> tuple[StudySpec, data.Dataset]:
         ds = data.load(spec.data)
     except DataError as e:
         raise SpecError(f"{args.spec}: {e}") from None
-    problem = spec.data_problem(len(ds.y_test), ds.n_classes)
+    problem = spec.data_problem(len(ds.y_test), ds.n_classes, len(ds.y_train)) or preflight.check_models(spec, ds)
     if problem:
         raise SpecError(f"{args.spec}: {problem}")
     if args.resume:
@@ -121,9 +121,11 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
     out = {"trials": spec.n_trials(), "rows": spec.expected_rows()}
     if configs is not None:
         store = ModelStore(spec.store_uri)
-        keys = {model_key(c, features.fit_fingerprint(spec, TrainConfig.model_validate(c).train_set, ds.fingerprint)) for c in configs}
+        trained = [c for c in configs if c.get("checkpoint") is None]
+        keys = {model_key(c, features.fit_fingerprint(spec, TrainConfig.model_validate(c).train_set, ds.fingerprint)) for c in trained}
         out["models"] = len(keys)
         out["in_store"] = sum(store.has(k) for k in keys)
+        out["checkpoints"] = len({c["checkpoint"] for c in configs if c.get("checkpoint") is not None})
     if spec.needs_generative:
         out["generative_in_store"] = ModelStore(spec.store_uri).has(generative_key(spec.generative, ds.fingerprint))
     if spec.train_sets():
@@ -174,7 +176,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         # Embedded Ray needs no dashboard; a cluster's dashboard stays where the cluster put it.
         ray.init(include_dashboard=False if local else None, log_to_driver=True)
     prov = provenance()
-    context = StudyContext(spec=spec, results_uri=results_uri, store_uri=store_uri, provenance=prov)
+    context = StudyContext(spec=spec, results_uri=results_uri, store_uri=store_uri, provenance=prov, code_folders=imports.code_folders(spec.import_paths()))
     gen_meta = None
     if spec.needs_generative:
         # Once per sweep, before any trial: the trials then load it from the store. A Ray task
@@ -271,6 +273,7 @@ def trial_record(r, since: int) -> dict:
         "this_run": m.get("timestamp", since) >= since,
         "epochs_trained": m.get("epoch"),
         "from_store": m.get("from_store"),
+        "checkpoint": m.get("checkpoint"),
         "train_s": m.get("train_s"),
         "eval_s": m.get("eval_s"),
         "rows": m.get("rows"),
@@ -362,11 +365,12 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     pareto = df.filter(pl.col("search_pareto")).unique("trial_id", maintain_order=True)
     if pareto.height:
         print(f"Optuna Pareto trials: {', '.join(pareto['label'])}")
-    trained = sum(1 for t in trials if t["from_store"] is False and t["this_run"])
+    trained = sum(1 for t in trials if t["from_store"] is False and not t.get("checkpoint") and t["this_run"])
     stored = sum(1 for t in trials if t["from_store"] and t["this_run"])
+    loaded = sum(1 for t in trials if t.get("checkpoint") and t["this_run"])
     stopped = [t for t in trials if t["status"] == "STOPPED"]
     earlier = [t for t in trials if not t["this_run"]]
-    print(f"\nmodels: {trained} trained, {stored} from the store")
+    print(f"\nmodels: {trained} trained, {stored} from the store" + (f", {loaded} from checkpoints (not trained here)" if loaded else ""))
     if earlier:
         print(f"not rerun (finished before the interruption): {len(earlier)} trials: {', '.join(t['trial_id'] for t in earlier)}")
     if stopped:
@@ -387,6 +391,8 @@ def main(argv=None, prog="python -m jobs.sweep") -> int:
     if args.dry_run:
         p = plan(spec, ds)
         models = f"{p['models']} models ({p['models'] - p['in_store']} to train, {p['in_store']} in the store)" if "models" in p else "models sampled at run time"
+        if p.get("checkpoints"):
+            models = (f"{models}, " if p["models"] else "") + (f"{p['checkpoints']} checkpoints evaluated as they are" if p["checkpoints"] > 1 else "1 checkpoint evaluated as it is")
         upto = "at most " if spec.search.scheduler else ""  # a scheduler may stop trials before their rows
         rows = f"{upto}{p['rows']} rows" if p["rows"] is not None else "rows depend on the sampled models"
         print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")

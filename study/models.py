@@ -4,6 +4,12 @@ Every model outputs one logit per class. A registration also names the model's t
 objective (study.objectives) and whether it only separates two classes. Hyperparameters a
 factory takes as keyword arguments (e.g. maxout's ``pieces``) are training axes of the spec
 (``MODEL_PARAMS``); a factory's own default applies when the spec leaves one unset.
+
+A user's model is named by import path (``mylab.nets:WideResNet``, or ``torchvision.models:
+resnet18``): any callable returning an ``nn.Module`` of [0, 1] images, called with the spec's
+keyword arguments (``model_args``) and, where its signature has them, ``num_classes`` /
+``n_classes`` and ``input_shape``. ``entry(name)`` gives the registration of either kind.
+Input normalisation (``Normalized``) is part of the model, so attacks work in pixel space.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study import imports
 from study.mc import MCDropout
 
 # Training-config fields that are model hyperparameters, passed to the factories that take them.
@@ -50,19 +58,89 @@ def register(name: str, objective: str = "cross_entropy", binary: bool = False, 
     return deco
 
 
-def build(name: str, input_shape: tuple[int, ...], n_classes: int, **params) -> nn.Module:
+# What advsweep passes to an imported model's callable when its signature asks for it.
+_PROVIDED = ("num_classes", "n_classes", "input_shape")
+
+
+def entry(name: str) -> Registered:
+    """The registration of a registry model or of an imported one (checked: importable, callable)."""
+    if name in MODELS:
+        return MODELS[name]
+    if imports.is_import_path(name):
+        return _imported(name)
+    raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)}; or a model of yours by import path, e.g. mylab.nets:WideResNet)")
+
+
+@lru_cache(maxsize=None)
+def _imported(path: str) -> Registered:
+    fn = imports.resolve(path)
+
+    def factory(input_shape, n_classes, **kwargs):
+        params = inspect.signature(fn).parameters if _has_signature(fn) else {}
+        given = {"num_classes": n_classes, "n_classes": n_classes, "input_shape": tuple(input_shape)}
+        extra = {k: v for k, v in given.items() if k in params and k not in kwargs}
+        model = fn(**kwargs, **extra)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{path} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    factory.target = fn
+    return Registered(factory)
+
+
+def _has_signature(fn) -> bool:
     try:
-        entry = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
-    unknown = set(params) - entry.params()
+        inspect.signature(fn)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_args(name: str, args: dict) -> None:
+    """An imported model's keyword arguments bind to its callable (ValueError naming the one
+    that does not); a registry model takes its hyperparameters as training axes instead."""
+    registered = entry(name)
+    target = getattr(registered.factory, "target", None)
+    if target is None:
+        if args:
+            raise ValueError(f"{name} is a registry model: set its hyperparameters as training axes or in a model variant, not model_args")
+        return
+    imports.check_call(target, name, args, provided=_PROVIDED)
+
+
+def build(name: str, input_shape: tuple[int, ...], n_classes: int, model_args: dict | None = None, normalize: dict | None = None, **params) -> nn.Module:
+    registered = entry(name)
+    unknown = set(params) - registered.params()
     if unknown:
         raise ValueError(f"model {name!r} takes no {', '.join(sorted(unknown))}")
-    if entry.binary and n_classes != 2:
+    if registered.binary and n_classes != 2:
         raise ValueError(f"model {name!r} separates two classes; the data has {n_classes}")
-    model = entry.factory(tuple(input_shape), n_classes, **params)
-    model.objective = entry.objective
+    model = registered.factory(tuple(input_shape), n_classes, **(model_args or {}), **params)
+    if normalize is not None:
+        model = Normalized(model, normalize["mean"], normalize["std"])
+    model.objective = registered.objective
     return model
+
+
+class Normalized(nn.Module):
+    """(x - mean) / std per channel in front of a model, so the model sees its normalised inputs
+    while attacks, eps and the [0, 1] box stay in pixel space. Its state dict is the inner
+    model's (mean and std are not stored: they are part of the spec)."""
+
+    def __init__(self, inner: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return self.inner((x - self.mean) / self.std)
+
+    def state_dict(self, *args, **kwargs):
+        return self.inner.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.inner.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def binary_linear(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "9"
+SCHEMA_VERSION = "10"
 _META_KEY = b"advsweep.schema_version"
 
 # (name, type, group, meaning) -- the single source of the schema and of its documentation.
@@ -33,7 +33,7 @@ COLUMNS = [
     ("label", pa.string(), "identity", "short readable name of the training config, e.g. `cnn wd=0.001 adv=fgsm-linf-0.1`"),
     ("dataset", pa.string(), "training", "dataset name"),
     ("classes", pa.string(), "training", "class filter as written in the spec (e.g. `3,7`), null for all classes"),
-    ("model", pa.string(), "training", "model registry name"),
+    ("model", pa.string(), "training", "model registry name, or a model of the user's by import path (package.module:name; torchvision's as torchvision.models:resnet18)"),
     ("seed", pa.int64(), "training", "training seed"),
     ("epochs", pa.int64(), "training", "training epochs"),
     ("lr", pa.float64(), "training", "Adam learning rate"),
@@ -47,6 +47,10 @@ COLUMNS = [
     ("triplet_loss", pa.string(), "training", "triplet: `margin` (max(0, |a - p|^2 - |a - n|^2 + margin)) or `ratio` (Hoffer & Ailon's distance ratio)"),
     ("hidden", pa.int64(), "training", "mlp, cnn and variants: units per dense hidden layer (null: the model's default)"),
     ("channels", pa.int64(), "training", "cnn, mc-cnn, triplet: the second conv stage's channels, the first has half (null: the model's default)"),
+    ("model_args", pa.string(), "training", "a model of the user's (by import path): its keyword arguments from the spec, as JSON; null otherwise"),
+    ("normalize", pa.string(), "training", "input normalisation inside the model, as JSON {mean, std}: the model sees (x - mean) / std, attacks work in [0, 1] pixel space; null for none"),
+    ("checkpoint", pa.string(), "training", "pretrained weights evaluated as they are (path or URI, as the spec writes it): the model was not trained here, and the training columns (epochs, lr, ...) are null; null for a model trained by the study"),
+    ("checkpoint_sha256", pa.string(), "training", "sha256 of the checkpoint file's bytes (16 hex digits): which weights the row measured"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),
     ("adv_norm", pa.string(), "training", "adversarial-training norm"),
     ("adv_eps", pa.float64(), "training", "adversarial-training radius"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from study import attacks, models
 from study.attacks import ATTACKS
@@ -30,7 +30,7 @@ from study.attacks.presets import PRESETS
 from study.norms import NORMS
 from study.types import Distinct, NonNegFloat, PosFloat, PosInt, _not_bool
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "digits")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "digits", "npz", "imagefolder")
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
@@ -43,10 +43,16 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    dataset: Literal[DATASETS] = "mnist-5k"
-    classes: Optional[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=9)]]] = None
+    """The dataset: a built-in name, ``npz`` (``path``), ``imagefolder`` (``root``), any
+    torchvision dataset (``{torchvision: SVHN}``, with ``root`` / ``download``) or a loader of
+    the user's (``{import: mylab.data:load, <its keyword arguments>}``): study.data."""
+
+    dataset: Union[Literal[DATASETS], dict[str, Any]] = "mnist-5k"
+    path: Optional[str] = None  # npz: the file
+    classes: Optional[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]]] = None
+    eval_index: Optional[str] = None  # a file of test-split indices (.npy or one per line): the evaluation subset, in that order
     n_eval: Optional[PosInt] = None  # evaluate on the first n_eval test images (all when null)
-    root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw (CIFAR-10: cifar-10-batches-py)
+    root: Optional[str] = None  # torchvision datasets: the folder holding <Name>/raw (CIFAR-10: cifar-10-batches-py); imagefolder: the folder holding test/ (and train/)
     download: bool = False
 
     @field_validator("classes")
@@ -55,6 +61,37 @@ class DataSpec(_Strict):
         if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
             raise ValueError("must list at least two distinct class labels")
         return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _source(cls, v):
+        if isinstance(v, dict):
+            kinds = [k for k in ("torchvision", "import") if k in v]
+            if len(kinds) != 1:
+                raise ValueError("a dataset mapping names one source: {torchvision: SVHN} or {import: mylab.data:load, ...}")
+            if kinds[0] == "torchvision" and (len(v) != 1 or not isinstance(v["torchvision"], str)):
+                raise ValueError("{torchvision: NAME} takes the dataset class's name only (root and download are data fields)")
+            if kinds[0] == "import":
+                from study import imports
+
+                imports.check_call(imports.resolve(v["import"]), v["import"], {k: a for k, a in v.items() if k != "import"})
+        return v
+
+    @model_validator(mode="after")
+    def _files(self):
+        if (self.dataset == "npz") != (self.path is not None):
+            raise ValueError("path: required for dataset npz (the .npz file)" if self.dataset == "npz" else "path: only dataset npz reads a file (others use root)")
+        if self.dataset == "imagefolder" and not self.root:
+            raise ValueError("root: required for dataset imagefolder (the folder holding test/ and train/)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The dataset as rows name it."""
+        d = self.dataset
+        if isinstance(d, dict):
+            return f"torchvision:{d['torchvision']}" if "torchvision" in d else d["import"]
+        return {"npz": f"npz:{self.path}", "imagefolder": f"imagefolder:{self.root}"}.get(d, d)
 
 
 class AdversarialTraining(_Strict):
@@ -130,10 +167,41 @@ class TrainSet(_Strict):
         return self
 
 
+class Normalization(_Strict):
+    """Per-channel input normalisation, part of the model: it sees (x - mean) / std while every
+    attack, eps and the [0, 1] box stay in pixel space (study.models.Normalized)."""
+
+    mean: Annotated[list[Annotated[float, BeforeValidator(_not_bool)]], Field(min_length=1)]
+    std: Annotated[list[PosFloat], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _same_channels(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"std: {len(self.std)} values for {len(self.mean)} means (one per channel)")
+        return self
+
+
+# Keys of a model variant (``model: {...}``) that are training-config fields rather than the model's own arguments.
+VARIANT_FIELDS = (*models.MODEL_PARAMS, "normalize", "checkpoint")
+# Training-config fields a checkpoint evaluated as it is makes meaningless.
+TRAINING_ONLY = ("epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "l2", "adversarial", "train_set")
+
+
+def variant_model(value) -> str:
+    """The model name a ``train.model`` value stands for (a name, or a variant mapping)."""
+    if not isinstance(value, dict):
+        return value
+    if "import" in value:
+        return value["import"]
+    if "torchvision" in value:
+        return f"torchvision.models:{value['torchvision']}"
+    return value.get("name")
+
+
 class TrainConfig(_Strict):
     """One trial's resolved training configuration: everything that determines the model."""
 
-    model: str
+    model: str  # a registry name, or a model of the user's by import path (package.module:name)
     epochs: PosInt = 5
     lr: PosFloat = 1e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the training steps
@@ -146,6 +214,9 @@ class TrainConfig(_Strict):
     triplet_loss: Optional[Literal["margin", "ratio"]] = None  # triplet: margin loss (FaceNet) or distance ratio (Hoffer & Ailon)
     hidden: Optional[PosInt] = None  # mlp, cnn and their variants: units per dense hidden layer (model default when null)
     channels: Optional[PosInt] = None  # cnn, mc-cnn, triplet: the second conv stage's channels; the first has half (model default when null)
+    model_args: dict[str, Any] = {}  # an imported model's keyword arguments
+    normalize: Optional[Normalization] = None  # input normalisation inside the model
+    checkpoint: Optional[str] = None  # weights to evaluate as they are (a state_dict .pt/.pth or .safetensors; path or URI): no training
     adversarial: Optional[AdversarialTraining] = None
     train_set: Optional[TrainSet] = None  # null: the dataset's training split (D); else a constructed set
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
@@ -154,26 +225,71 @@ class TrainConfig(_Strict):
     @classmethod
     def _model_variant(cls, data):
         """``model: {name: triplet, margin: 0.5}``: a model with its own hyperparameters, so one
-        grid can hold models that take different ones."""
+        grid can hold models that take different ones. ``model: {import: mylab.nets:Net, depth:
+        28}`` or ``{torchvision: resnet18}``: a model of the user's, with its keyword arguments."""
         if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
             return data
         variant = dict(data["model"])
-        name = variant.pop("name", None)
-        if not isinstance(name, str) or name not in models.MODELS:
-            raise ValueError(f"a model variant needs a known `name` (known: {', '.join(models.MODELS)})")
-        for param in variant:
-            if param not in models.MODELS[name].params():
-                raise ValueError(f"{name} takes no {param} (it takes: {', '.join(sorted(models.MODELS[name].params())) or 'no hyperparameters'})")
+        kinds = [k for k in ("name", "import", "torchvision") if k in variant]
+        if len(kinds) != 1:
+            raise ValueError("a model variant names its model once: `name` (a registry model), `import` (package.module:name) or `torchvision` (e.g. resnet18)")
+        name = variant_model(variant)
+        for key in kinds:
+            variant.pop(key)
+        own = {k: variant.pop(k) for k in list(variant) if k in VARIANT_FIELDS}
+        if kinds[0] == "name":
+            if not isinstance(name, str) or name not in models.MODELS:
+                raise ValueError(f"a model variant needs a known `name` (known: {', '.join(models.MODELS)})")
+            for param in [*variant, *(k for k in own if k in models.MODEL_PARAMS)]:
+                if param not in models.MODELS[name].params():
+                    raise ValueError(f"{name} takes no {param} (it takes: {', '.join(sorted(models.MODELS[name].params())) or 'no hyperparameters'})")
+        elif data.get("model_args"):
+            raise ValueError("model_args: give an imported model's arguments in one place (its variant)")
+        for param in own:
             if data.get(param) is not None:
                 raise ValueError(f"{param} is set both in the model variant and as a training axis")
-        return {**data, **variant, "model": name}
+        args = {"model_args": variant} if variant else {}
+        return {**data, **own, **args, "model": name}
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v):
-        if v not in models.MODELS:
-            raise ValueError(f"unknown model {v!r} (known: {', '.join(models.MODELS)})")
-        return v
+    @model_validator(mode="after")
+    def _known_model(self):
+        try:
+            registered = models.entry(self.model)
+            models.check_args(self.model, self.model_args)
+        except ValueError as e:
+            raise ValueError(f"model: {e}") from None
+        if self.normalize is not None and registered.embeds:
+            raise ValueError(f"normalize: {self.model} is a metric-learned embedding; normalise inside it instead")
+        if self.checkpoint is not None:
+            if self.adversarial is not None or self.train_set is not None:
+                which = "adversarial" if self.adversarial is not None else "train_set"
+                raise ValueError(f"{which}: a checkpoint is evaluated as it is, not trained (drop {which} or the checkpoint)")
+            if not self.checkpoint.endswith(CHECKPOINT_SUFFIXES):
+                raise ValueError(f"checkpoint: {self.checkpoint}: expected a state_dict in a {', '.join(CHECKPOINT_SUFFIXES)} file")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Unset extension fields stay out of the dump, so the keys of every earlier model (which
+        # hash it) are unchanged.
+        out = handler(self)
+        for name, empty in (("model_args", {}), ("normalize", None), ("checkpoint", None)):
+            if out.get(name) == empty:
+                out.pop(name, None)
+        return out
+
+    @property
+    def trained_here(self) -> bool:
+        return self.checkpoint is None
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+class _Evaluator(_Strict):
+    def uses_training_split(self) -> bool:
+        """Whether the entry reads the training split (a dataset may have none: checkpoints)."""
+        return False
 
 
 class NormAxes(_Strict):
@@ -235,7 +351,7 @@ def _own_options(data, attack_field: str, example: str):
     return data
 
 
-class RobustnessEval(_Strict):
+class RobustnessEval(_Evaluator):
     """Robust accuracy under each attack at each (norm, eps), and the `worst` case per point over
     them (study.evaluators.robustness). ``attacks``: a preset (study.attacks.presets: autoattack,
     autoattack-fast) or a list of attacks. With ``cascade`` (a preset's default) each attack only
@@ -298,6 +414,9 @@ class RobustnessEval(_Strict):
                             out.append((name, described, ens, self.cascade, norm, None, eot, (q, pc.fraction, pc.per_class, rule)))
         return out
 
+    def uses_training_split(self) -> bool:
+        return self.per_class_eps is not None  # per-class eps come from training-image distances
+
     def n_rows(self, linear_binary: bool = False) -> int:
         """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps); with
         per_class_eps, per (norm, quantile) the per-class and the uniform rule, each per attack
@@ -330,7 +449,7 @@ class Bisection(_Strict):
     n_points: Optional[PosInt] = None  # bisect the first n correctly classified points (all when null)
 
 
-class GeometryEval(_Strict):
+class GeometryEval(_Evaluator):
     """Boundary tilting and minimal perturbations (study.evaluators.geometry). The closed forms
     need a linear two-class model; the PGD bisection runs on any model."""
 
@@ -340,6 +459,9 @@ class GeometryEval(_Strict):
     plane_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = 400  # per split, projected on the tilting plane
     perturbation_points: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=16)] = 3  # test images kept with their minimal L2 perturbation
 
+    def uses_training_split(self) -> bool:
+        return True  # class centroids and the tilting plane of the training split
+
     def n_rows(self, linear_binary: bool) -> int:
         methods = (2 if linear_binary else 0) + (self.bisection is not None)
         return methods * len(self.norms)
@@ -348,7 +470,7 @@ class GeometryEval(_Strict):
         return set()
 
 
-class RubbishEval(_Strict):
+class RubbishEval(_Evaluator):
     """Goodfellow's rubbish-class check: N(0, I) noise clipped to [0, 1], no true class; the
     fraction of inputs the model classifies with confidence > 0.5."""
 
@@ -362,7 +484,7 @@ class RubbishEval(_Strict):
         return set()
 
 
-class TransferEval(_Strict):
+class TransferEval(_Evaluator):
     """Adversarial examples crafted on every trained model of the study and classified by every
     other: run once after all trials (study.evaluators.transfer)."""
 
@@ -401,8 +523,11 @@ class FeaturesEval(TransferEval):
     attack: AttackSpec = AttackSpec(name="pgd", steps=20)
     norm: Literal[tuple(NORMS)] = "l2"
 
+    def uses_training_split(self) -> bool:
+        return True  # its standard source model trains on it
 
-class GaussianEval(_Strict):
+
+class GaussianEval(_Evaluator):
     """Ilyas et al.'s Gaussian model (study.gaussian): two classes x ~ N(y mu, Sigma), y = +-1;
     the standard and the robust (L2 ball of radius eps) maximum-likelihood estimates of
     (mu, Sigma) from ``n`` samples at every eps, against Theorem 2's closed form. Model-free: it
@@ -504,7 +629,7 @@ class InputSet(_Strict):
         return 1 if self.eps is None else len(self.eps)
 
 
-class UncertaintyEval(_Strict):
+class UncertaintyEval(_Evaluator):
     """MC-dropout uncertainty (study.evaluators.uncertainty): per input set (clean, and each
     attack at each eps) and per number of MC samples T: accuracy, mutual information, softmax
     variance, their ratio to a separate clean baseline set, and clean-vs-adversarial detection
@@ -517,6 +642,9 @@ class UncertaintyEval(_Strict):
     eot_samples: PosInt = 10  # MC samples per attack query (expectation over transformation)
     max_rows: Optional[PosInt] = None  # rows (input x sample) per MC forward pass; null: 256 on CPU, 16384 on GPU
 
+    def uses_training_split(self) -> bool:
+        return any(s.name == "natural" for s in self.inputs)  # the generative model trains on it
+
     def n_rows(self, linear_binary: bool) -> int:
         return (1 + sum(s.n_sets() for s in self.inputs)) * len(self.mc_samples)
 
@@ -524,7 +652,7 @@ class UncertaintyEval(_Strict):
         return set()
 
 
-class NaturalEval(_Strict):
+class NaturalEval(_Evaluator):
     """Natural adversaries (study.evaluators.natural): latent-space searches around I(x) for the
     correctly classified points, per search kind x samples per round x dr x round budget."""
 
@@ -550,6 +678,9 @@ class NaturalEval(_Strict):
         for kind, n, dr in itertools.product(self.search, self.samples, self.dr):
             yield LatentSearchSpec(kind=kind, samples=n, rounds=max(self.rounds), dr=dr, h0=self.h0, stop=self.stop)
 
+    def uses_training_split(self) -> bool:
+        return True  # the generative model trains on it
+
     def n_rows(self, linear_binary: bool) -> int:
         return len(self.search) * len(self.samples) * len(self.dr) * len(self.rounds)
 
@@ -557,7 +688,7 @@ class NaturalEval(_Strict):
         return set()
 
 
-class ReconstructionEval(_Strict):
+class ReconstructionEval(_Evaluator):
     """The reconstruction defense (study.evaluators.reconstruction): accuracy on each input set
     (clean, and each attack at each eps) as it is and projected through G(I(.))."""
 
@@ -565,6 +696,9 @@ class ReconstructionEval(_Strict):
     inputs: list[InputSet] = [InputSet(attack="fgsm", norm="linf", eps=[0.1, 0.3])]
     n_points: Optional[PosInt] = None  # the first n evaluation points (all when null)
     eot_samples: PosInt = 10  # stochastic models: MC samples per attack query
+
+    def uses_training_split(self) -> bool:
+        return True  # the generative model trains on it
 
     def n_rows(self, linear_binary: bool) -> int:
         return 1 + sum(s.n_sets() for s in self.inputs)
@@ -577,7 +711,7 @@ DISTANCE_NORMS = ("l0", "l1", "l2", "linf")
 Quantile = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]
 
 
-class DistancesEval(_Strict):
+class DistancesEval(_Evaluator):
     """Class x class mean pairwise distances of sampled images under L0, L1, L2 and Linf, each
     image's distance to the nearest image of another class, and per-class eps suggestions
     (``fraction`` x the ``quantiles`` of that distribution per class): study.evaluators.distances."""
@@ -589,6 +723,9 @@ class DistancesEval(_Strict):
     fraction: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] = 0.5
     split: Literal["train", "test"] = "train"
 
+    def uses_training_split(self) -> bool:
+        return self.split == "train"
+
     def n_rows(self, linear_binary: bool) -> int:
         return len(self.norms) * len(self.per_class) * len(self.quantiles)
 
@@ -596,7 +733,7 @@ class DistancesEval(_Strict):
         return set()
 
 
-class CraftedEval(_Strict):
+class CraftedEval(_Evaluator):
     """The source text's crafted images x0 + eps * sign(x1), clipped to [0, 1], for every ordered
     pair of classes (x0 and x1 test images of different classes), classified by the model:
     study.evaluators.crafted."""
@@ -612,7 +749,7 @@ class CraftedEval(_Strict):
         return set()
 
 
-class _EmbeddingAttacks(_Strict):
+class _EmbeddingAttacks(_Evaluator):
     """The attacks measured in a triplet embedding (study.evaluators.embedding)."""
 
     eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1, 0.25, 0.5, 1.0]  # embedding-space L2 radii (unit-norm embeddings: at most 2)
@@ -648,6 +785,9 @@ class EmbeddingEval(_EmbeddingAttacks):
     evaluator: Literal["embedding"]
     per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # images per class for the distance distributions
     n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
+
+    def uses_training_split(self) -> bool:
+        return True  # 1-NN accuracy and distance distributions over training embeddings
 
     def n_rows(self, linear_binary: bool) -> int:
         return 1 + self.pair_rows()
@@ -807,6 +947,8 @@ class FeaturesSpec(_Strict):
                 raise ValueError(f"{name}.model: {cfg.model} has no penultimate layer to match; a source is one of {', '.join(FEATURE_SOURCES)}")
             if cfg.train_set is not None:
                 raise ValueError(f"{name}.train_set: a source model trains on the dataset itself")
+            if cfg.normalize is not None or cfg.checkpoint is not None:
+                raise ValueError(f"{name}: a source model is a registry model trained here, without normalize or checkpoint")
             for param in models.MODEL_PARAMS:
                 if getattr(cfg, param) is not None and param not in models.MODELS[cfg.model].params():
                     raise ValueError(f"{name}.{param}: model {cfg.model} takes no {param}")
@@ -857,10 +999,25 @@ class StudySpec(_Strict):
         axis = self.train.get("train_set")
         if axis is not None and axis.kind not in ("value", "grid", "choice"):
             raise ValueError("train.train_set: list the training sets (a value, grid or choice); each is built once before the trials")
+        self._check_checkpoints()
         self._repeat_with_seeds()
         if self.search.kind == "optuna" and all(a.kind == "value" for a in self.train.values()):
             raise ValueError("search.kind: optuna needs at least one training axis to search (grid, choice, uniform, ...)")
         return self
+
+    def _check_checkpoints(self):
+        """A checkpoint is evaluated as it is: training settings beside checkpoints only (none of
+        them trained here) would be silently ignored, so they are refused."""
+        axis = self.train.get("checkpoint")
+        values = [] if axis is None else axis.values
+        variants = [v.get("checkpoint") for v in self.train["model"].values if isinstance(v, dict)]
+        if axis is not None and axis.kind not in ("value", "grid", "choice"):
+            raise ValueError("train.checkpoint: list the checkpoints (a value, grid or choice)")
+        every = (values and all(v is not None for v in values)) or (variants and len(variants) == len(self.train["model"].values) and all(v is not None for v in variants))
+        if every:
+            for name in TRAINING_ONLY:
+                if name in self.train:
+                    raise ValueError(f"train.{name}: every trial evaluates a checkpoint as it is, so nothing is trained; drop {name}")
 
     def _repeat_with_seeds(self):
         """Repeats of a grid (or random samples) must not be the same trial run twice: they become
@@ -906,24 +1063,24 @@ class StudySpec(_Strict):
             if axis is None or all(v is None for v in axis.values):
                 continue
             for m in options:
-                if name not in models.MODELS[m].params():
+                if name not in models.entry(m).params():
                     raise ValueError(f"train.{name}: model {m} takes no {name} (models that do: {', '.join(k for k, e in models.MODELS.items() if name in e.params())})")
         for m in options:
-            if models.MODELS[m].binary and len(self.data.classes or ()) != 2:
+            if models.entry(m).binary and len(self.data.classes or ()) != 2:
                 raise ValueError(f"train.model: {m} separates two classes: set data.classes to two labels, e.g. [2, 3]")
         adversarial = self.train.get("adversarial")
         if adversarial is not None and any(v is not None for v in adversarial.values):
             for m in options:
-                if models.MODELS[m].embeds:
+                if models.entry(m).embeds:
                     raise ValueError(f"train.adversarial: {m} is trained as a metric (a triplet loss), not adversarially")
         for i, e in enumerate(self.evaluate):
-            if e.evaluator in ("embedding", "embedding-transfer") and options and not any(models.MODELS[m].embeds for m in options):
+            if e.evaluator in ("embedding", "embedding-transfer") and options and not any(models.entry(m).embeds for m in options):
                 raise ValueError(f"evaluate[{i}]: {e.evaluator} needs a model with an embedding ({', '.join(k for k, r in models.MODELS.items() if r.embeds)}); train.model has {', '.join(options)}")
         stochastic = [k for k, e in models.MODELS.items() if STOCHASTIC_PARAM in e.params()]
         for i, e in enumerate(self.evaluate):
             if e.evaluator == "uncertainty":
                 for m in options:
-                    if m not in stochastic:
+                    if m not in stochastic:  # an imported model is not known to be stochastic
                         raise ValueError(f"evaluate[{i}]: uncertainty needs MC-dropout models ({', '.join(stochastic)}); train.model has {m}")
 
     def model_names(self) -> list[str]:
@@ -931,18 +1088,34 @@ class StudySpec(_Strict):
         axis = self.train["model"]
         if axis.kind not in ("value", "grid", "choice"):
             return []
-        return list(dict.fromkeys(v["name"] if isinstance(v, dict) else v for v in axis.values))
+        return list(dict.fromkeys(variant_model(v) for v in axis.values))
+
+    def import_paths(self) -> list[str]:
+        """The user's code the spec names by import path (models and the dataset loader)."""
+        from study import imports
+
+        paths = [m for m in self.model_names() if imports.is_import_path(m)]
+        if isinstance(self.data.dataset, dict) and "import" in self.data.dataset:
+            paths.append(self.data.dataset["import"])
+        return paths
 
     def label_axes(self) -> list[str]:
         """The training axes a trial's label shows: those the study varies, and the
         hyperparameters its model variants set."""
         swept = [n for n, a in self.train.items() if a.kind != "value"]
-        variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k != "name"]
+        variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k not in ("name", "import")]
         return swept + [k for k in dict.fromkeys(variants) if k not in swept]
 
-    def data_problem(self, n_eval: int, n_classes: int) -> str | None:
+    def data_problem(self, n_eval: int, n_classes: int, n_train: int = 1) -> str | None:
         """What the loaded data makes impossible (sizes and class counts the spec alone does
         not know), as ``field: message``; None when the study can run."""
+        if n_train == 0:
+            axis = self.train.get("checkpoint")
+            if axis is None or any(v is None for v in axis.values):
+                return "train.checkpoint: the data has no training split, so every trial needs a checkpoint to evaluate (or give the data a training split)"
+            for i, e in enumerate(self.evaluate):
+                if e.uses_training_split():
+                    return f"evaluate[{i}]: {e.evaluator} reads the training split, and the data has none"
         for i, e in enumerate(self.evaluate):
             if e.evaluator == "uncertainty" and e.baseline >= n_eval:
                 return f"evaluate[{i}].baseline: {e.baseline} baseline images leave none of the {n_eval} evaluation images to attack (lower baseline or raise data.n_eval)"
@@ -1030,11 +1203,12 @@ class StudySpec(_Strict):
         grid = math.prod(len(a.values) for a in self.train.values() if a.kind == "grid")
         return grid * self.search.num_samples
 
-    def rows_per_trial(self, model: str) -> int:
-        """Rows a trial of ``model`` writes (the geometry evaluator's closed forms need a linear
-        two-class model; the embedding evaluator, a model with an embedding)."""
-        entry = models.MODELS[model]
-        linear_binary = entry.linear and (entry.binary or len(self.data.classes or ()) == 2)
+    def rows_per_trial(self, cfg: dict) -> int:
+        """Rows a trial of the resolved config ``cfg`` writes (the geometry evaluator's closed
+        forms need a linear two-class model, un-normalised; the embedding evaluator, a model
+        with an embedding)."""
+        entry = models.entry(cfg["model"])
+        linear_binary = entry.linear and cfg.get("normalize") is None and (entry.binary or len(self.data.classes or ()) == 2)
         return sum(e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds)
 
     def study_rows(self, configs: list[dict]) -> int:
@@ -1042,7 +1216,7 @@ class StudySpec(_Strict):
         (source, target, eps); features, every (target, eps); embedding-transfer, every
         (embedding, model) pair; gaussian, none (an artifact)."""
         n = len(configs)
-        embeddings = sum(models.MODELS[c["model"]].embeds for c in configs)
+        embeddings = sum(models.entry(c["model"]).embeds for c in configs)
         rows = {
             "transfer": lambda e: n**2 * len(e.eps),
             "features": lambda e: n * len(e.eps),
@@ -1055,7 +1229,7 @@ class StudySpec(_Strict):
         configs = self.grid_configs()
         if configs is None:
             return None
-        return sum(self.rows_per_trial(c["model"]) for c in configs) + self.study_rows(configs)
+        return sum(self.rows_per_trial(c) for c in configs) + self.study_rows(configs)
 
     def max_epochs(self) -> int:
         """The most epochs any trial can train (the bound a scheduler needs)."""
@@ -1081,6 +1255,8 @@ def parse_train_axes(raw) -> dict[str, Axis]:
     axes = {}
     for name, value in raw.items():
         field = TrainConfig.model_fields.get(name)
+        if name == "model_args":
+            raise _AxisError((name,), "give an imported model's arguments in its variant, e.g. model: {import: mylab.nets:WideResNet, depth: 28}")
         if field is None:
             raise _AxisError((name,), f"unknown training axis (known: {', '.join(TrainConfig.model_fields)})")
         axes[name] = _parse_axis(name, value)
@@ -1095,10 +1271,12 @@ def _parse_axis(name: str, value) -> Axis:
         except ValidationError as e:
             err = e.errors()[0]
             sub, msg = _split_nested(_message(err))
-            raise _AxisError((name, *loc, *err["loc"][1:], *([sub] if sub else [])), msg) from None
+            raise _AxisError((name, *loc, *err["loc"][1:], *([sub] if sub and sub != name else [])), msg) from None
         if name == "model" and isinstance(v, dict):
-            return {"name": cfg.model, **{k: getattr(cfg, k) for k in v if k != "name"}}
-        return cfg.model_dump(mode="json")[name]
+            dumped = cfg.model_dump(mode="json")
+            own = {k: dumped.get(k) for k in v if k in VARIANT_FIELDS}
+            return {"name" if "name" in v else "import": cfg.model, **cfg.model_args, **own}
+        return cfg.model_dump(mode="json").get(name)
 
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:
         kind, args = next(iter(value.items()))

@@ -23,9 +23,10 @@ from study.spec import TrainConfig
 
 def init_model(cfg: TrainConfig, input_shape, n_classes: int) -> torch.nn.Module:
     params = {name: getattr(cfg, name) for name in models.MODEL_PARAMS if getattr(cfg, name) is not None}
+    normalize = cfg.normalize.model_dump() if cfg.normalize is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return models.build(cfg.model, input_shape, n_classes, **params)
+        return models.build(cfg.model, input_shape, n_classes, model_args=cfg.model_args, normalize=normalize, **params)
 
 
 def weight_penalty(model: torch.nn.Module) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import artifacts, evaluators, features, fsio, gaussian, generative, models, results
+from study import artifacts, checkpoints, evaluators, features, fsio, gaussian, generative, imports, models, results
 from study.data import Dataset
 from study.evaluators import embedding, transfer
 from study.evaluators import features as features_eval
@@ -36,6 +37,11 @@ class StudyContext:
     results_uri: str  # absolute for local paths: Tune runs trials in their own working folders
     store_uri: str
     provenance: dict = field(default_factory=dict)
+    workdir: str = field(default_factory=os.getcwd)  # the driver's: relative checkpoint paths start here
+    code_folders: list = field(default_factory=list)  # where the driver found the user's modules (study.imports)
+
+    def checkpoint_uri(self, path: str) -> str:
+        return path if "://" in path or os.path.isabs(path) else os.path.join(self.workdir, path)
 
 
 def trial_id(study: str, cfg: TrainConfig) -> str:
@@ -49,7 +55,12 @@ def label(cfg: TrainConfig, swept: list[str]) -> str:
     for name in swept:
         if name == "model":
             continue
-        value = getattr(cfg, name)
+        value = getattr(cfg, name) if name in TrainConfig.model_fields else cfg.model_args.get(name)
+        if name == "checkpoint" and value is not None:
+            parts.append(os.path.basename(value))
+            continue
+        if name == "normalize":
+            continue
         if value is None and name in models.MODEL_PARAMS:
             continue  # a hyperparameter of another model of the study
         if name == "adversarial":
@@ -66,8 +77,8 @@ def label(cfg: TrainConfig, swept: list[str]) -> str:
 
 def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
     adv = cfg.adversarial
-    return dict(
-        dataset=spec.data.dataset,
+    columns = dict(
+        dataset=spec.data.label,
         classes=",".join(map(str, spec.data.classes)) if spec.data.classes else None,
         model=cfg.model,
         seed=cfg.seed,
@@ -92,7 +103,13 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         set_step=cfg.train_set.step if cfg.train_set else None,
         set_steps=cfg.train_set.steps if cfg.train_set else None,
         set_start=cfg.train_set.start if cfg.train_set else None,
+        model_args=json.dumps(cfg.model_args, sort_keys=True) if cfg.model_args else None,
+        normalize=json.dumps(cfg.normalize.model_dump(), sort_keys=True) if cfg.normalize else None,
+        checkpoint=cfg.checkpoint,
     )
+    if cfg.checkpoint is not None:  # evaluated as it is: no training setting applies
+        columns.update({k: None for k in ("epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "l2")})
+    return columns
 
 
 def set_columns(key: str, meta: dict) -> dict:
@@ -130,6 +147,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     """The Tune function trainable. ``report`` is swappable so the same work can run without Tune
     (benchmarks/sweep_overhead.py measures Tune's per-trial cost that way)."""
     spec = study.spec
+    imports.add_folders(study.code_folders)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     cfg = TrainConfig.model_validate(spec.resolve(spec.decode(config)))
     tid = trial_id(spec.name, cfg)
@@ -148,13 +166,13 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         x_fit, y_fit, meta = found
         fingerprint, set_meta = key, set_columns(key, meta)
     # One line per trial phase: the driver log then says which trials ran (e.g. after --resume).
-    announce = lambda from_store: print(f"advsweep trial {tid} ({name}): {'model from the store' if from_store else 'training'} on {device}", flush=True)
+    announce = lambda source: print(f"advsweep trial {tid} ({name}): {source} on {device}", flush=True)
     on_epoch = lambda epoch, m: report({**m, "advsweep_trial_id": tid, "label": name})
-    model, meta, from_store = trained_model(cfg, data, fingerprint, store, (x_fit, y_fit), (x_eval, y_eval), announce, on_epoch)
+    model, meta, from_store = trained_model(cfg, data, fingerprint, store, (x_fit, y_fit), (x_eval, y_eval), announce, on_epoch, study)
 
     rows = []
     gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
-    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model)
+    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model, n_classes=data.n_classes)
     eval_start = time.perf_counter()
     # A stochastic model's dropout masks come from torch's global generator: each piece of work
     # starts it from the trial's seed, so numbers do not depend on what ran before in the worker.
@@ -170,8 +188,8 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
                 row.update(generative_key=gen_meta["key"], gan_steps=spec.generative.steps)
     _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
     for row in rows:
-        row.update(set_meta)
-    check_rows(rows, spec.rows_per_trial(cfg.model), f"trial {tid} ({name})")
+        row.update(set_meta, checkpoint_sha256=meta.get("checkpoint_sha256"))
+    check_rows(rows, spec.rows_per_trial(cfg.model_dump(mode="json")), f"trial {tid} ({name})")
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
@@ -180,6 +198,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         "label": name,
         "epoch": cfg.epochs,  # the scheduler's clock (see jobs.search.scheduler)
         "from_store": from_store,
+        "checkpoint": cfg.checkpoint,
         "train_s": meta["train_s"],
         "eval_s": eval_s,
         "rows": len(rows),
@@ -233,6 +252,7 @@ def prepare_generative(study: StudyContext, data: Dataset) -> dict:
     """Before the trials: the study's generative model from the store, or trained and stored now,
     once per dataset and config; its sample grid (G(z), z ~ N(0, I)) and reconstruction grid
     (test images above G(I(x))) go to generative/ under the results. Returns its metadata."""
+    imports.add_folders(study.code_folders)
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
@@ -250,15 +270,21 @@ def prepare_generative(study: StudyContext, data: Dataset) -> dict:
     return meta
 
 
-def trained_model(cfg: TrainConfig, data: Dataset, fingerprint: str, store: ModelStore, fit, held_out, announce=None, on_epoch=None):
+def trained_model(cfg: TrainConfig, data: Dataset, fingerprint: str, store: ModelStore, fit, held_out, announce=None, on_epoch=None, study: StudyContext | None = None):
     """The model of ``cfg`` trained on ``fit`` = (x, y) (whose identity is ``fingerprint``):
-    from the store, or trained now and stored. Returns (model, metadata, from_store)."""
+    from the store, or trained now and stored; or, with a checkpoint, its weights as they are
+    (never trained or stored here). Returns (model, metadata, from_store)."""
     model = init_model(cfg, data.input_shape, data.n_classes).to(held_out[0].device)
+    if cfg.checkpoint is not None:
+        uri = study.checkpoint_uri(cfg.checkpoint) if study else cfg.checkpoint
+        if announce:
+            announce(f"checkpoint {cfg.checkpoint}")
+        return model, {"train_s": None, "checkpoint_sha256": checkpoints.load_into(model, uri)}, False
     key = model_key(cfg.model_dump(mode="json"), fingerprint)
     meta = store.load(key, model)
     from_store = meta is not None
     if announce:
-        announce(from_store)
+        announce("model from the store" if from_store else "training")
     if not from_store:
         out = train(model, cfg, *fit, *held_out, on_epoch=on_epoch)
         meta = {"train_s": out["train_s"]}
@@ -269,7 +295,7 @@ def trained_model(cfg: TrainConfig, data: Dataset, fingerprint: str, store: Mode
 def _source(spec: StudySpec, which: str, data: Dataset, store: ModelStore, tensors) -> torch.nn.Module:
     cfg = getattr(spec.features, which)
     x, y, x_eval, y_eval = tensors
-    announce = lambda from_store: print(f"features: {which} source ({label(cfg, [])}{', ' + adversarial_name(cfg.adversarial.attack, cfg.adversarial.norm, cfg.adversarial.eps, cfg.adversarial.alpha) if cfg.adversarial else ''}): {'from the store' if from_store else 'training'}", flush=True)
+    announce = lambda source: print(f"features: {which} source ({label(cfg, [])}{', ' + adversarial_name(cfg.adversarial.attack, cfg.adversarial.norm, cfg.adversarial.eps, cfg.adversarial.alpha) if cfg.adversarial else ''}): {source}", flush=True)
     model, _, _ = trained_model(cfg, data, data.fingerprint, store, (x, y), (x_eval, y_eval), announce)
     return model.eval()
 
@@ -278,6 +304,7 @@ def prepare_features(study: StudyContext, data: Dataset) -> list[dict]:
     """Before the trials: the ``features:`` source models (from the store or trained), and every
     training set the grid names, built once (from the store on a repeat); each set's sample grid
     goes to features/<key>.png and the list of sets to features/sets.json. Returns that list."""
+    imports.add_folders(study.code_folders)
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
@@ -310,6 +337,7 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     """After the trials: the study evaluators (transfer, embedding-transfer, features, gaussian) over the models of
     the finished trials (``configs``: their resolved training configs), loaded from the store.
     Writes study/<evaluator>.parquet under the results; returns the number of rows."""
+    imports.add_folders(study.code_folders)
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
@@ -320,12 +348,15 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     for raw in configs:
         cfg = TrainConfig.model_validate(raw)
         model = init_model(cfg, data.input_shape, data.n_classes).to(device)
-        meta = store.load(model_key(cfg.model_dump(mode="json"), features.fit_fingerprint(spec, cfg.train_set, data.fingerprint)), model)
+        if cfg.checkpoint is not None:
+            meta = {"train_s": None, "checkpoint_sha256": checkpoints.load_into(model, study.checkpoint_uri(cfg.checkpoint))}
+        else:
+            meta = store.load(model_key(cfg.model_dump(mode="json"), features.fit_fingerprint(spec, cfg.train_set, data.fingerprint)), model)
         if meta is None:
             raise RuntimeError(f"study evaluators: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
         member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
         members.append(member)
-        trained[member.trial_id] = (cfg, member.label, meta["train_s"])
+        trained[member.trial_id] = (cfg, member.label, meta)
     by_evaluator = {}
     for axes in spec.evaluate:
         if axes.evaluator == "features":
@@ -343,8 +374,11 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
         elif axes.evaluator == "embedding-transfer":
             by_evaluator.setdefault("embedding-transfer", []).extend(embedding.transfer(members, x, y, axes, spec.seed))
     for name, rows in by_evaluator.items():
-        for tid, (cfg, trial_label, train_s) in trained.items():
-            _fill([r for r in rows if r["trial_id"] == tid], study, cfg, tid, trial_label, train_s, True, device)
+        for tid, (cfg, trial_label, meta) in trained.items():
+            mine = [r for r in rows if r["trial_id"] == tid]
+            _fill(mine, study, cfg, tid, trial_label, meta["train_s"], cfg.checkpoint is None, device)
+            for r in mine:
+                r["checkpoint_sha256"] = meta.get("checkpoint_sha256")
     planned = spec.study_rows(configs)
     check_rows([r for rows in by_evaluator.values() for r in rows], planned, "study evaluators")
     for name, rows in by_evaluator.items():

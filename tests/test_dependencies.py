@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 # Import names that differ from their distribution's name.
 DISTRIBUTION = {"sklearn": "scikit-learn", "yaml": "pyyaml", "vl_convert": "vl-convert-python", "PIL": "pillow", "ray": "ray"}
-OURS = {"study", "analysis", "jobs", "conftest", "torchattacks"}  # torchattacks: benchmarks/autoattack.py only, installed for it
+OURS = {"study", "analysis", "jobs", "conftest", "tests", "mylab", "torchattacks"}  # mylab: docs/extending.md's example package, written by the tests; torchattacks: benchmarks/autoattack.py only, installed for it
 
 
 def imported(paths) -> set[str]:

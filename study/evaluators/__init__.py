@@ -35,6 +35,12 @@ class EvalContext:
     trial_id: str
     results_uri: str
     generative: Any = None  # study.generative.Generative when an evaluator needs it
+    n_classes: int | None = None  # the dataset's; by default the largest label seen + 1
+
+    def __post_init__(self):
+        if self.n_classes is None:
+            labels = [t for t in (self.y_train, self.y) if t is not None and len(t)]
+            self.n_classes = max(int(t.max()) for t in labels) + 1
 
     @cached_property
     def correct(self) -> torch.Tensor:

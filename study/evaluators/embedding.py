@@ -50,7 +50,7 @@ def evaluate(ctx, axes) -> list[dict]:
     if not hasattr(model, "embed"):
         return []
     start = time.perf_counter()
-    n_classes = int(ctx.y_train.max()) + 1
+    n_classes = ctx.n_classes
     e_train = embeddings(model.embed, ctx.x_train)
     knn = knn_accuracy(embeddings(model.embed, ctx.x), ctx.y, e_train, ctx.y_train)
 

@@ -131,7 +131,7 @@ def per_class_eps(ctx, axes, model, points, stochastic, common) -> list[dict]:
     and at the uniform eps with the same mean, per norm and quantile."""
     pc = axes.per_class_eps
     xc, yc = ctx.x[points], ctx.y[points]
-    n, n_classes = len(ctx.y), int(ctx.y_train.max()) + 1
+    n, n_classes = len(ctx.y), ctx.n_classes
     class_n = torch.bincount(ctx.y.cpu(), minlength=n_classes)
     art = {c: [] for c in ("norm", "quantile", "fraction", "attack", "class", "eps", "eps_uniform", "n", "acc_per_class", "acc_uniform")}
     specs = axes.attack_list()

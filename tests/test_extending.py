@@ -1,0 +1,49 @@
+"""docs/extending.md's worked example, run as the page says: a small ResNet trained with plain
+torch on 3 x 32 x 32 images, its state_dict evaluated by `advsweep run` from an ImageFolder
+under the default evaluation, and the report written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import torch
+
+from jobs import cli
+from study import checkpoints
+from tests import doc_example
+
+
+def test_the_worked_example_runs_as_written(ray_session, tmp_path, monkeypatch, capsys):
+    doc_example.write(tmp_path)
+    trained = subprocess.run([sys.executable, "train_elsewhere.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc_example.forget_mylab()
+
+    assert cli.main(["run", "study.yaml", "--dry-run"]) == 0
+    assert "my-resnet: 1 trials, 1 checkpoint evaluated as it is; 16 rows" in capsys.readouterr().out  # as the page shows
+    assert cli.main(["run", "study.yaml"]) == 0
+    assert cli.main(["report", "results/my-resnet"]) == 0
+    assert (tmp_path / "report" / "my-resnet" / "index.html").exists()
+
+    df = pl.read_parquet(tmp_path / "results" / "my-resnet" / "results.parquet")
+    assert df.height == 16 and set(df["model"]) == {"mylab.nets:SmallResNet"}
+    assert set(df["model_args"]) == {'{"num_classes": 4, "width": 8}'}
+    assert set(df["checkpoint_sha256"]) == {checkpoints.digest((tmp_path / "runs" / "smallresnet.pt").read_bytes())}
+    worst = df.filter((pl.col("attack") == "worst") & (pl.col("norm") == "linf")).sort("eps")
+    # Known answer at eps 0: the clean accuracy of the saved weights on the PNGs, computed here.
+    from mylab import data, nets
+
+    model = nets.SmallResNet(num_classes=4, width=8)
+    model.load_state_dict(torch.load(tmp_path / "runs" / "smallresnet.pt", weights_only=True))
+    x, y = data.make(100, seed=2)  # the images written to images/test
+    mean, std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1), torch.tensor([0.3, 0.35, 0.4]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        clean = (model.eval()((torch.from_numpy(x).float() / 255 - mean) / std).argmax(1) == torch.from_numpy(y)).float().mean().item()
+    assert worst["robust_acc"][0] == pytest.approx(clean, abs=1e-9) and clean >= 0.9
+    assert worst["robust_acc"].to_list() == sorted(worst["robust_acc"].to_list(), reverse=True)
+    doc_example.forget_mylab()
