@@ -22,7 +22,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, tilting, uncertainty
+from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, tilting, uncertainty, user
 from analysis.load import TRAINING_AXES, ResultsError, load, read_artifact, read_manifest
 from study import fsio
 from study.spec import DISTANCE_NORMS
@@ -533,6 +533,7 @@ def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = Non
     out += _natural_tables(df, (found or {}).get("natural"))
     out += _epsilon_tables(df, found or {})
     out += _features_tables(df, found or {}, sets)
+    out += user.tables(df)
     return out
 
 

@@ -284,7 +284,7 @@ def trial_record(r, since: int) -> dict:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
-    from analysis import epsilon, natural, uncertainty
+    from analysis import epsilon, natural, uncertainty, user
     from analysis.evaluation import attack_log, evaluation_warnings
     from analysis.frontier import best_per_point
 
@@ -359,6 +359,9 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
         if df.filter(pl.col("evaluator") == "embedding-transfer").height:
             print("\nEvery model in each triplet embedding: accuracy under embedding-space PGD, share of input-space PGD adversaries inside the ball:")
             print(epsilon.embedding_transfer_table(df))
+        for title, _, table in user.tables(df):
+            print(f"\n{title}:")
+            print(table)
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")
@@ -394,7 +397,9 @@ def main(argv=None, prog="python -m jobs.sweep") -> int:
         if p.get("checkpoints"):
             models = (f"{models}, " if p["models"] else "") + (f"{p['checkpoints']} checkpoints evaluated as they are" if p["checkpoints"] > 1 else "1 checkpoint evaluated as it is")
         upto = "at most " if spec.search.scheduler else ""  # a scheduler may stop trials before their rows
-        rows = f"{upto}{p['rows']} rows" if p["rows"] is not None else "rows depend on the sampled models"
+        user = [e.evaluator for e in spec.evaluate if e.n_rows() is None]
+        unknown = f"rows depend on {', '.join(user)}" if user else "rows depend on the sampled models"
+        rows = f"{upto}{p['rows']} rows" if p["rows"] is not None else unknown
         print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")
         if "generative_in_store" in p:
             print(f"generative model: {'in the store' if p['generative_in_store'] else 'to train before the trials'}")

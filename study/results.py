@@ -167,16 +167,32 @@ class SchemaVersionError(ValueError):
     pass
 
 
+def user_columns(row: dict) -> list[str]:
+    """The columns an evaluator of the user's adds beyond the schema (study.registry)."""
+    return [k for k in row if k not in SCHEMA.names]
+
+
 def row_key(trial_id: str, row: dict) -> str:
-    point = json.dumps([trial_id, *(row.get(c) for c in KEY_COLUMNS)])
-    return hashlib.sha256(point.encode()).hexdigest()[:16]
+    """Hash of the trial and the row's evaluation point: the key columns, and any column a
+    user's evaluator adds that is not a float (its axes; floats are its measurements)."""
+    point = [trial_id, *(row.get(c) for c in KEY_COLUMNS)]
+    axes = sorted((k, row[k]) for k in user_columns(row) if not isinstance(row[k], float))
+    point += [axes] if axes else []
+    return hashlib.sha256(json.dumps(point, default=str).encode()).hexdigest()[:16]
 
 
 def to_table(rows: list[dict]) -> pa.Table:
-    unknown = set().union(*(r.keys() for r in rows)) - set(SCHEMA.names) if rows else set()
-    if unknown:
-        raise ValueError(f"rows have columns the schema lacks: {sorted(unknown)}")
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    """Rows as an Arrow table of the schema, plus the columns a user's evaluator added (typed
+    from their values, after the schema's); a built-in evaluator's unknown column is a bug."""
+    extra = list(dict.fromkeys(c for r in rows for c in user_columns(r)))
+    builtin = {str(r.get("evaluator")) for r in rows if user_columns(r) and ":" not in str(r.get("evaluator"))}
+    if builtin:
+        raise ValueError(f"rows of {sorted(builtin)} have columns the schema lacks: {sorted(extra)}")
+    if not extra:
+        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    inferred = pa.Table.from_pylist([{c: r.get(c) for c in extra} for r in rows]).schema
+    schema = pa.schema([*SCHEMA, *(inferred.field(c) for c in extra)], metadata=SCHEMA.metadata)
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -228,7 +244,8 @@ def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[st
     )
     files += [p for p in (fsio.join(base, "study", f"{name}.parquet") for name in study_rows) if fsio.exists(fs, p)]
     tables = [read_table(fs, f) for f in files]
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    # Trials of a user's evaluator add its columns: the others get nulls there.
+    table = pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table()
     # A re-run rewrites a trial's file whole, so a key can only repeat across files: keep one.
     seen, first = set(), []
     for i, key in enumerate(table.column("row_key").to_pylist()):

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
-from study import attacks, models
+from study import attacks, models, registry
 from study.attacks import ATTACKS
 from study.attacks.latent import KINDS as LATENT_KINDS
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
@@ -286,10 +286,8 @@ class TrainConfig(_Strict):
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-class _Evaluator(_Strict):
-    def uses_training_split(self) -> bool:
-        """Whether the entry reads the training split (a dataset may have none: checkpoints)."""
-        return False
+class _Evaluator(registry.Entry):
+    """A built-in evaluator's entry (what every entry answers: study.registry.Entry)."""
 
 
 class NormAxes(_Strict):
@@ -307,8 +305,17 @@ class AttackSpec(_Strict):
     """One attack: its name (its published defaults), or ``{name: pgd, steps: 20}`` with its own
     options (study.attacks: each factory's keywords)."""
 
-    name: Literal[ATTACKS]
+    name: str  # a built-in (study.attacks.ATTACKS) or one of yours by import path (study.attacks.imported)
     options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from study import imports
+
+        if v not in ATTACKS and not imports.is_import_path(v):
+            raise ValueError(f"unknown attack {v!r} (known: {', '.join(ATTACKS)}; or one of yours by import path, e.g. mylab.attacks:noise)")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -504,6 +511,8 @@ class TransferEval(_Evaluator):
             _linf_bound(self.eps, "eps")
         if self.attack.name in attacks.NO_FINAL_ITERATE:
             raise ValueError(f"attack: {self.attack.name} keeps no final iterate per point to transfer; use pgd, apgd-ce, fab-t or square")
+        if self.attack.name not in attacks.ATTACKS:
+            raise ValueError(f"attack: {self.attack.name}: an attack of yours runs in the robustness evaluator's attacks list")
         return self
 
     def n_rows(self, linear_binary: bool) -> int:
@@ -605,6 +614,8 @@ class InputSet(_Strict):
             raise ValueError(f"search: options for natural adversaries, not {name}")
         if name in attacks.NO_FINAL_ITERATE:
             raise ValueError(f"attack: {name} keeps no final iterate per point (an input set needs one); use pgd, apgd-ce, fab-t, square or cw")
+        if name not in (*attacks.ATTACKS, "natural"):
+            raise ValueError(f"attack: {name}: an attack of yours runs in the robustness evaluator's attacks list")
         if name in ("cw", "natural"):
             if self.eps is not None:
                 raise ValueError(f"eps: {name} is unbounded (it searches for the closest adversarial); leave eps out")
@@ -821,6 +832,42 @@ EVALUATORS = (
 STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
 
 
+_BUILTIN_ENTRIES = TypeAdapter(Evaluator)
+
+
+def parse_entries(raw) -> list:
+    """The ``evaluate:`` list: each entry validated by its evaluator's spec, a built-in's or one
+    from study.registry (a registered name or a user's import path)."""
+    if not isinstance(raw, list):
+        raise _AxisError((), "must be a list of evaluator entries, e.g. - evaluator: robustness")
+    entries = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise _AxisError((i,), "must be a mapping with an `evaluator` (which evaluator to run)")
+        name = item.get("evaluator")
+        if name is None:
+            raise _AxisError((i,), "missing 'evaluator' (which evaluator to run)")
+        try:
+            if name in EVALUATORS:
+                entries.append(_BUILTIN_ENTRIES.validate_python(item))
+                continue
+            try:
+                found = registry.find(name)
+            except ValueError as e:
+                raise _AxisError((i, "evaluator"), str(e)) from None
+            entries.append(found.spec.model_validate(item))
+        except ValidationError as e:
+            errors = _relevant_errors(e.errors())
+            err = errors[0]
+            loc = list(err["loc"])
+            if loc and loc[0] in EVALUATORS:  # the tag of the built-ins' discriminated union
+                loc = loc[1:]
+            sub, msg = _split_nested(_message(err))
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise _AxisError((i, *loc, *([sub] if sub else [])), msg + more) from None
+    return entries
+
+
 Mode = Literal["max", "min"]
 # Metrics every trial reports after each training epoch: what a scheduler can stop on.
 EPOCH_METRICS = {"clean_acc": "max", "train_loss": "min"}
@@ -963,7 +1010,7 @@ class StudySpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     data: DataSpec = DataSpec()
     train: dict[str, Axis]
-    evaluate: Annotated[list[Evaluator], Field(min_length=1)]
+    evaluate: Annotated[list[Any], Field(min_length=1), BeforeValidator(lambda raw: parse_entries(raw))]
     search: SearchSpec = SearchSpec()
     resources: Resources = Resources()
     results: Optional[str] = None  # local path or pyarrow.fs URI; default results/<name>
@@ -1091,10 +1138,12 @@ class StudySpec(_Strict):
         return list(dict.fromkeys(variant_model(v) for v in axis.values))
 
     def import_paths(self) -> list[str]:
-        """The user's code the spec names by import path (models and the dataset loader)."""
+        """The user's code the spec names by import path (models, evaluators, attacks, the dataset loader)."""
         from study import imports
 
         paths = [m for m in self.model_names() if imports.is_import_path(m)]
+        paths += [e.evaluator for e in self.evaluate if imports.is_import_path(e.evaluator)]
+        paths += [a.name for e in self.evaluate if e.evaluator == "robustness" for a in e.attack_list() if imports.is_import_path(a.name)]
         if isinstance(self.data.dataset, dict) and "import" in self.data.dataset:
             paths.append(self.data.dataset["import"])
         return paths
@@ -1209,7 +1258,8 @@ class StudySpec(_Strict):
         with an embedding)."""
         entry = models.entry(cfg["model"])
         linear_binary = entry.linear and cfg.get("normalize") is None and (entry.binary or len(self.data.classes or ()) == 2)
-        return sum(e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds)
+        counts = [e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds]
+        return None if None in counts else sum(counts)  # None: an evaluator of the user's does not say
 
     def study_rows(self, configs: list[dict]) -> int:
         """Rows the study evaluators write after the trials of ``configs``: transfer, every
@@ -1229,7 +1279,8 @@ class StudySpec(_Strict):
         configs = self.grid_configs()
         if configs is None:
             return None
-        return sum(self.rows_per_trial(c) for c in configs) + self.study_rows(configs)
+        per_trial = [self.rows_per_trial(c) for c in configs]
+        return None if None in per_trial else sum(per_trial) + self.study_rows(configs)
 
     def max_epochs(self) -> int:
         """The most epochs any trial can train (the bound a scheduler needs)."""

@@ -289,3 +289,151 @@ def test_bad_models_weights_and_data_are_one_line_errors_before_any_work(elsewhe
     assert err.count("\n") == 1 and err.startswith(f"{path}: "), err
     assert message.format(t=bad) in err, err
     assert not (bad / "results").exists()
+
+
+# ---- an evaluator of the user's ---------------------------------------------------------------------
+
+
+def test_a_user_evaluator_runs_with_its_options_and_adds_its_columns(mylab, tmp_path):
+    from study import evaluators, results
+    from study.spec import parse_spec
+
+    nets, _ = mylab
+    spec = parse_spec({"name": "m", "train": {"model": "cnn"}, "evaluate": [{"evaluator": "mylab.metrics:margin", "n_points": 7}]})
+    entry = spec.evaluate[0]
+    assert entry.n_points == 7 and spec.expected_rows() is None and "mylab.metrics:margin" in spec.import_paths()
+    model = nets.SmallResNet(num_classes=4).eval()
+    x, y = torch.rand(10, 3, 32, 32), torch.arange(10) % 4
+    ctx = evaluators.EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path), n_classes=4)
+    rows = evaluators.run(ctx, entry)
+    with torch.no_grad():
+        logits = model(x[:7])
+    m = logits.gather(1, y[:7, None]).squeeze(1) - logits.scatter(1, y[:7, None], float("-inf")).amax(1)
+    assert rows == [{"n_points": 7, "margin_mean": pytest.approx(m.mean().item()), "margin_below_1": pytest.approx((m < 1).float().mean().item()), "evaluator": "mylab.metrics:margin"}]
+    table = results.to_table([{**rows[0], "trial_id": "t"}])
+    assert table.schema.field("n_points").type == "int64" and table.schema.field("margin_mean").type == "double"
+    assert table.schema.names[: len(results.SCHEMA)] == results.SCHEMA.names
+
+
+def test_a_user_evaluators_int_and_str_columns_tell_its_rows_apart():
+    from study import results
+
+    row = {"evaluator": "mylab.metrics:margin", "n_points": 7, "margin_mean": 0.5}
+    assert results.row_key("t", row) != results.row_key("t", {**row, "n_points": 8})  # an axis
+    assert results.row_key("t", row) == results.row_key("t", {**row, "margin_mean": 0.7})  # a measurement
+    plain = {"evaluator": "rubbish", "attack": None}
+    assert results.row_key("t", plain) == results.row_key("t", dict(plain))
+
+
+def test_a_user_evaluator_must_return_rows_of_plain_values():
+    from study import evaluators
+
+    with pytest.raises(TypeError, match=r"column 'margin' holds a Tensor; rows hold numbers, strings or bools \(e.g. tensor.item\(\)\)"):
+        evaluators._checked("mylab.metrics:bad", [{"margin": torch.tensor(1.0)}])
+    with pytest.raises(TypeError, match="returned dict; it must return a list of row dicts"):
+        evaluators._checked("mylab.metrics:bad", {"margin": 1.0})
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"evaluator": "mylab.metrics:margin", "n_pointz": 3}, "evaluate[0].n_pointz: unknown field"),
+    ({"evaluator": "mylab.metrics:margin", "n_points": "ten"}, "evaluate[0].n_points: input should be a valid integer"),
+    ({"evaluator": "mylab.metrics:nothing"}, "evaluate[0].evaluator: mylab.metrics:nothing: module mylab.metrics has no nothing"),
+    ({"evaluator": "mylab.nets:SmallResNet"}, "evaluate[0].evaluator: mylab.nets:SmallResNet: an evaluator is a function of the trial's context"),
+    ({"evaluator": "margin"}, "evaluate[0].evaluator: unknown evaluator 'margin' (known: robustness,"),
+])
+def test_bad_user_evaluators_are_one_line_errors(mylab, tmp_path, capsys, entry, message):
+    spec = {"name": "m", "train": {"model": "cnn"}, "evaluate": [entry], "results": str(tmp_path / "results")}
+    path = write(tmp_path, spec)
+    assert sweep.main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+# ---- an attack of the user's --------------------------------------------------------------------------
+
+ATTACKS = '''
+import torch
+
+
+def linear_step(model, x, y, eps, norm):
+    """The optimal Linf step against a linear two-class model: eps * sign(w) toward the other class."""
+    lin = model[1]
+    w = (lin.weight[1] - lin.weight[0]).view(1, *x.shape[1:])
+    toward = torch.where(y == 1, -1.0, 1.0).view(-1, *[1] * (x.dim() - 1))
+    return x + eps.view(-1, *[1] * (x.dim() - 1)) * toward * w.sign()
+
+
+def beyond(model, x, y, eps, norm, scale: float = 1.0):
+    """Cheats: moves every pixel as far as it goes."""
+    return 1 - x * scale
+'''
+
+
+@pytest.fixture(scope="module")
+def user_attacks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacks")
+    (root / "labattacks.py").write_text(ATTACKS)
+    sys.path.insert(0, str(root))
+    yield
+    sys.path.remove(str(root))
+    sys.modules.pop("labattacks", None)
+
+
+def _linear_case(seed=0, n=400, d=16):
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(2, d, generator=gen))
+        model[1].bias.copy_(-0.5 * model[1].weight.sum(1))  # the boundary through the middle of the data
+    x = 0.4 + 0.2 * torch.rand(n, 1, 4, 4, generator=gen)  # inside the box by more than any eps used
+    y = (torch.randn(n, d, generator=gen) @ torch.randn(d, generator=gen) > 0).long()
+    return model, x, y
+
+
+def test_a_user_attack_gives_the_closed_form_robust_accuracy_of_a_linear_model(user_attacks, tmp_path):
+    from study.evaluators import EvalContext, robustness
+    from study.spec import RobustnessEval
+
+    model, x, y = _linear_case()
+    eps = [0.0, 0.01, 0.03, 0.1, 0.2]  # x +- 0.2 stays inside the box
+    entry = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": ["labattacks:linear_step"], "norms": {"linf": {"eps": eps}}})
+    ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path), n_classes=2)
+    rows = {(r["attack"], r["eps"]): r for r in robustness.evaluate(ctx, entry)}
+    with torch.no_grad():
+        w = model[1].weight[1] - model[1].weight[0]
+        f = model(x)[:, 1] - model(x)[:, 0]
+        correct = (f > 0).long() == y
+    for e in eps:
+        expected = int((correct & (f.abs() > e * w.abs().sum())).sum()) / len(y)  # |f| / ||w||_1: the Linf distance to the boundary
+        assert rows["labattacks:linear_step", e]["robust_acc"] == pytest.approx(expected, abs=1e-6), e  # 1e-6: eps 0 reports the float32 clean accuracy
+        assert rows["worst", e]["robust_acc"] == pytest.approx(expected, abs=1e-6)
+    assert rows["labattacks:linear_step", 0.2]["attack_options"] == "labattacks:linear_step()"
+    assert rows["labattacks:linear_step", 0.2]["robust_acc"] < rows["labattacks:linear_step", 0.03]["robust_acc"] < ctx.clean_acc  # the test discriminates
+
+
+def test_a_user_attack_cannot_count_a_perturbation_beyond_eps(user_attacks, tmp_path):
+    from study.evaluators import EvalContext, robustness
+    from study.spec import RobustnessEval
+
+    model, x, y = _linear_case(seed=1)
+    entry = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": [{"name": "labattacks:beyond", "scale": 1.0}], "norms": {"linf": {"eps": [0.05]}, "l2": {"eps": [0.3]}}})
+    ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path), n_classes=2)
+    rows = [r for r in robustness.evaluate(ctx, entry) if r["attack"] != "worst"]
+    assert all(r["broken"] > 0 for r in rows)  # it does break points, within eps
+    for r in rows:
+        assert r[f"{r['norm']}_mean"] <= r["eps"] * (1 + 1e-5), r
+        assert r["attack_options"].startswith(("labattacks:beyond(scale=1.0)", "labattacks:beyond(scale=1)")) or r["attack"] == "worst"
+
+
+@pytest.mark.parametrize("attacks, message", [
+    ([{"name": "labattacks:linear_step", "tries": 3}], "evaluate[0].attacks[0]: labattacks:linear_step takes no argument 'tries'"),
+    (["labattacks:nothing"], "evaluate[0].attacks[0]: labattacks:nothing: module labattacks has no nothing"),
+    (["mylab.nets:SmallResNet"], "an attack is a function SmallResNet(model, x, y, eps, norm, **options) -> x_adv"),
+    (["pgdd"], "unknown attack 'pgdd'"),
+])
+def test_bad_user_attacks_are_one_line_errors(user_attacks, mylab, tmp_path, capsys, attacks, message):
+    spec = {"name": "a", "train": {"model": "cnn"}, "evaluate": [{"evaluator": "robustness", "attacks": attacks, "norms": {"linf": {"eps": [0.1]}}}], "results": str(tmp_path / "results")}
+    path = write(tmp_path, spec)
+    assert sweep.main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

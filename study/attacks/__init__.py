@@ -18,6 +18,8 @@ import inspect
 
 from pydantic import ValidationError, validate_call
 
+from study import imports
+from study.attacks import imported
 from study.attacks.apgd import APGD_ATTACKS
 from study.attacks.cw import CW_ATTACKS
 from study.attacks.fab import FAB_ATTACKS
@@ -40,11 +42,17 @@ def option_names(name: str) -> list[str]:
 
 
 def make(name: str, **options):
-    """Attack ``name`` with ``options`` (its factory's keywords; defaults for the rest)."""
+    """Attack ``name`` with ``options`` (its factory's keywords; defaults for the rest), or a
+    researcher's attack by import path (study.attacks.imported)."""
+    if imports.is_import_path(name):
+        try:
+            return imported.make(name, **options)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
     try:
         factory = FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})") from None
+        raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)}; or one of yours by import path, e.g. mylab.attacks:noise)") from None
     for option in options:
         if option not in option_names(name):
             raise OptionError(f"{option}: {name} takes no {option} (its options: {', '.join(option_names(name)) or 'none'})")

@@ -1,4 +1,5 @@
-"""Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns).
+"""Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns);
+a researcher's own by import path through study.registry, whose rows may add columns.
 
 Per-trial evaluators run inside a trial against its one model. ``transfer``,
 ``embedding-transfer`` and ``features`` are study evaluators: they need every trial's model,
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from study import artifacts
+from study import artifacts, registry
 from study.evaluators import crafted, distances, embedding, geometry, natural, reconstruction, robustness, rubbish, uncertainty
 from study.train import predict
 
@@ -71,4 +72,22 @@ STUDY_EVALUATORS = ("transfer", "embedding-transfer", "features", "gaussian")
 def run(ctx: EvalContext, axes) -> list[dict]:
     if axes.evaluator in STUDY_EVALUATORS:
         return []
-    return EVALUATORS[axes.evaluator](ctx, axes)
+    if axes.evaluator in EVALUATORS:
+        return EVALUATORS[axes.evaluator](ctx, axes)
+    return _checked(axes.evaluator, registry.find(axes.evaluator).evaluate(ctx, axes))
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _checked(name: str, rows) -> list[dict]:
+    """A user's evaluator returns a list of row dicts of plain values (numbers, strings, bools)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"evaluator {name} returned {type(rows).__name__}; it must return a list of row dicts")
+    out = []
+    for row in rows:
+        for column, value in row.items():
+            if not isinstance(value, _PLAIN):
+                raise TypeError(f"evaluator {name}: column {column!r} holds a {type(value).__name__}; rows hold numbers, strings or bools (e.g. tensor.item())")
+        out.append({**row, "evaluator": name})
+    return out
