@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from analysis.frontier import EVAL_POINT
 from analysis.images import BACKGROUND, FONT_SIZE, PAD, SCALE, WRONG, load_font, to_rgb
 from analysis.load import eager
-from study.spec import DISTANCE_NORMS
+from study.names import DISTANCE_NORMS
 
 RULES = ("per-class", "uniform")
 RULE_COLORS = ("#f58518", "#4c78a8")

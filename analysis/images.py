@@ -22,7 +22,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
 from analysis.load import eager
-from study.attacks.latent import KINDS as SEARCHES
+from study.names import LATENT_KINDS as SEARCHES
 
 KINDS = ("x", "delta", "x_adv")
 HEADERS = ("x", "delta (scaled)", "x + delta")

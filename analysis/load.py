@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from study import fsio, results
-from study.spec import adversarial_name
+from study.names import adversarial_name
 
 ADV_COLUMNS = ("adv_attack", "adv_norm", "adv_eps", "adv_alpha")
 # The spec's training axes as result columns (`adversarial` stands for the four adv_* columns).

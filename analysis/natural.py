@@ -25,8 +25,8 @@ import altair as alt
 import polars as pl
 
 from analysis.load import eager
-from study.attacks import FAMILIES
-from study.attacks.latent import KINDS
+from study.names import ATTACKS as FAMILIES
+from study.names import LATENT_KINDS as KINDS
 
 SETTING = ("latent_search", "latent_samples", "latent_dr")  # one search; latent_rounds is its budget
 # The columns that tell two reconstruction input sets apart (those a row has: study.evaluators.inputs).

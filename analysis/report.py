@@ -25,7 +25,7 @@ import vl_convert as vlc
 from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, tilting, uncertainty, user
 from analysis.load import TRAINING_AXES, ResultsError, load, read_artifact, read_manifest
 from study import fsio
-from study.spec import DISTANCE_NORMS
+from study.names import DISTANCE_NORMS
 
 ARTIFACTS = (
     "tilting-plane", "perturbation", "uncertainty", "natural", "natural_images", "class_distances", "class_eps", "class_eps_robustness",

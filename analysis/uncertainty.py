@@ -21,7 +21,7 @@ import altair as alt
 import polars as pl
 
 from analysis.load import eager
-from study.attacks import FAMILIES
+from study.names import ATTACKS as FAMILIES
 
 # (column, name) of the measures, in the order the tables show them.
 MEASURES = [("accuracy", "accuracy"), ("mi_mean", "mean MI"), ("smv_mean", "mean SMV"), ("mi_rel", "relative MI"), ("smv_rel", "relative SMV")]

@@ -24,9 +24,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from study import attacks, models, registry
 from study.attacks import ATTACKS
-from study.attacks.latent import KINDS as LATENT_KINDS
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
 from study.attacks.presets import PRESETS
+from study.names import DISTANCE_NORMS, LATENT_KINDS
 from study.norms import NORMS
 from study.types import Distinct, NonNegFloat, PosFloat, PosInt, _not_bool
 
@@ -115,14 +115,6 @@ class AdversarialTraining(_Strict):
     def attack_options(self) -> dict:
         """The options set here (the attack's published defaults for the rest)."""
         return {k: v for k, v in (("steps", self.steps), ("step_size", self.step_size)) if v is not None}
-
-
-def adversarial_name(attack: str | None, norm: str | None, eps: float | None, alpha: float | None) -> str:
-    """The adversarial-training axis in one short string, as labels and analysis spell it:
-    ``none``, or ``fgsm-linf-0.1`` (with ``-a<alpha>`` when alpha is not the default 0.5)."""
-    if attack is None:
-        return "none"
-    return f"{attack}-{norm}-{eps:g}" + (f"-a{alpha:g}" if alpha is not None and alpha != 0.5 else "")
 
 
 TRAIN_SETS = ("robust", "non-robust", "rand", "det", "shuffled")  # study.features: D_R, D_NR, D_rand, D_det, D_shuf
@@ -718,7 +710,6 @@ class ReconstructionEval(_Evaluator):
         return set()
 
 
-DISTANCE_NORMS = ("l0", "l1", "l2", "linf")
 Quantile = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]
 
 

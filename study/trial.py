@@ -23,7 +23,8 @@ from study import artifacts, checkpoints, evaluators, features, fsio, gaussian, 
 from study.data import Dataset
 from study.evaluators import embedding, transfer
 from study.evaluators import features as features_eval
-from study.spec import StudySpec, TrainConfig, adversarial_name
+from study.names import adversarial_name
+from study.spec import StudySpec, TrainConfig
 from study.seeds import stream_seed
 from study.store import ModelStore, model_key
 from study.train import init_model, train

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("iterative", "hybrid")
+from study.names import LATENT_KINDS
+
+KINDS = LATENT_KINDS
 _H_FLOOR = 1e-4  # phase 2 ends once its range reaches z0 (the authors' constant)
 
 
