@@ -37,6 +37,7 @@ class Registered:
     objective: str = "cross_entropy"
     binary: bool = False  # separates exactly two classes (needs a two-class data filter)
     linear: bool = False  # logits affine in the input: closed-form geometry on two classes
+    stochastic: bool = False  # MC dropout kept on at prediction (study.mc)
 
     def params(self) -> set[str]:
         return set(inspect.signature(self.factory).parameters) & set(MODEL_PARAMS)
@@ -46,13 +47,19 @@ class Registered:
         """Whether the model has a metric-learned embedding (``embed``): triplet."""
         return self.objective == "triplet"
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What evaluators may need of a model (an entry's ``every_model_needs`` /
+        ``some_model_needs``): ``stochastic``, ``embedding``."""
+        return frozenset(c for c, has in (("stochastic", self.stochastic), ("embedding", self.embeds)) if has)
+
 
 MODELS: dict[str, Registered] = {}
 
 
-def register(name: str, objective: str = "cross_entropy", binary: bool = False, linear: bool = False):
+def register(name: str, objective: str = "cross_entropy", binary: bool = False, linear: bool = False, stochastic: bool = False):
     def deco(factory):
-        MODELS[name] = Registered(factory, objective, binary, linear)
+        MODELS[name] = Registered(factory, objective, binary, linear, stochastic)
         return factory
 
     return deco
@@ -168,7 +175,7 @@ def mlp(input_shape, n_classes, hidden=256):
     return _mlp(input_shape, n_classes, hidden, dropout=0.0)
 
 
-@register("mc-mlp")
+@register("mc-mlp", stochastic=True)
 def mc_mlp(input_shape, n_classes, dropout=0.25, hidden=256):
     """The mlp with MC dropout after each hidden layer, kept on at prediction (study.mc)."""
     return _mlp(input_shape, n_classes, hidden, dropout)
@@ -208,7 +215,7 @@ def cnn(input_shape, n_classes, channels=16, hidden=128):
     return _cnn(input_shape, n_classes, channels, hidden, dropout=0.0)
 
 
-@register("mc-cnn")
+@register("mc-cnn", stochastic=True)
 def mc_cnn(input_shape, n_classes, dropout=0.25, channels=16, hidden=128):
     """The cnn with MC dropout after each conv stage and the hidden layer, kept on at
     prediction: a Bayesian CNN in Gal's approximation (study.mc)."""

@@ -35,6 +35,14 @@ class Entry(BaseModel):
     def uses_training_split(self) -> bool:
         return False
 
+    def every_model_needs(self) -> frozenset[str]:
+        """Capabilities every model of the study must have (study.models.Registered.capabilities)."""
+        return frozenset()
+
+    def some_model_needs(self) -> frozenset[str]:
+        """Capabilities at least one model must have (the others are skipped by the evaluator)."""
+        return frozenset()
+
 
 @dataclass(frozen=True)
 class Evaluator:

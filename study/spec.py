@@ -645,6 +645,9 @@ class UncertaintyEval(_Evaluator):
     eot_samples: PosInt = 10  # MC samples per attack query (expectation over transformation)
     max_rows: Optional[PosInt] = None  # rows (input x sample) per MC forward pass; null: 256 on CPU, 16384 on GPU
 
+    def every_model_needs(self) -> frozenset[str]:
+        return frozenset({"stochastic"})
+
     def uses_training_split(self) -> bool:
         return any(s.name == "natural" for s in self.inputs)  # the generative model trains on it
 
@@ -788,6 +791,9 @@ class EmbeddingEval(_EmbeddingAttacks):
     per_class: Annotated[int, BeforeValidator(_not_bool), Field(ge=2)] = 100  # images per class for the distance distributions
     n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
 
+    def some_model_needs(self) -> frozenset[str]:
+        return frozenset({"embedding"})  # models without one are skipped
+
     def uses_training_split(self) -> bool:
         return True  # 1-NN accuracy and distance distributions over training embeddings
 
@@ -805,6 +811,9 @@ class EmbeddingTransferEval(_EmbeddingAttacks):
     eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.25, 0.5, 1.0]
     n_points: Optional[PosInt] = 200  # the first n evaluation points (all when null)
 
+    def some_model_needs(self) -> frozenset[str]:
+        return frozenset({"embedding"})
+
     def n_rows(self, linear_binary: bool) -> int:
         return 0  # its rows are written after the trials, one set per (embedding, model) pair
 
@@ -820,7 +829,11 @@ EVALUATORS = (
     "robustness", "geometry", "rubbish", "transfer", "uncertainty", "natural", "reconstruction", "distances", "crafted", "embedding", "embedding-transfer", "features",
     "gaussian",
 )
-STOCHASTIC_PARAM = "dropout"  # models that take a dropout rate are MC-dropout (stochastic) models
+_CAPABILITY = {"stochastic": "MC-dropout models", "embedding": "a model with an embedding"}
+
+
+def _having(capability: str) -> str:
+    return ", ".join(k for k, r in models.MODELS.items() if capability in r.capabilities)
 
 
 _BUILTIN_ENTRIES = TypeAdapter(Evaluator)
@@ -1112,14 +1125,13 @@ class StudySpec(_Strict):
                 if models.entry(m).embeds:
                     raise ValueError(f"train.adversarial: {m} is trained as a metric (a triplet loss), not adversarially")
         for i, e in enumerate(self.evaluate):
-            if e.evaluator in ("embedding", "embedding-transfer") and options and not any(models.entry(m).embeds for m in options):
-                raise ValueError(f"evaluate[{i}]: {e.evaluator} needs a model with an embedding ({', '.join(k for k, r in models.MODELS.items() if r.embeds)}); train.model has {', '.join(options)}")
-        stochastic = [k for k, e in models.MODELS.items() if STOCHASTIC_PARAM in e.params()]
-        for i, e in enumerate(self.evaluate):
-            if e.evaluator == "uncertainty":
+            for capability in e.every_model_needs():
                 for m in options:
-                    if m not in stochastic:  # an imported model is not known to be stochastic
-                        raise ValueError(f"evaluate[{i}]: uncertainty needs MC-dropout models ({', '.join(stochastic)}); train.model has {m}")
+                    if capability not in models.entry(m).capabilities:
+                        raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {_CAPABILITY[capability]} ({_having(capability)}); train.model has {m}")
+            for capability in e.some_model_needs():
+                if options and not any(capability in models.entry(m).capabilities for m in options):
+                    raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {_CAPABILITY[capability]} ({_having(capability)}); train.model has {', '.join(options)}")
 
     def model_names(self) -> list[str]:
         """The models the study can train (names; a model variant counts as its model)."""
@@ -1249,7 +1261,7 @@ class StudySpec(_Strict):
         with an embedding)."""
         entry = models.entry(cfg["model"])
         linear_binary = entry.linear and cfg.get("normalize") is None and (entry.binary or len(self.data.classes or ()) == 2)
-        counts = [e.n_rows(linear_binary) for e in self.evaluate if e.evaluator != "embedding" or entry.embeds]
+        counts = [e.n_rows(linear_binary) for e in self.evaluate if e.some_model_needs() <= entry.capabilities]  # the others skip this model
         return None if None in counts else sum(counts)  # None: an evaluator of the user's does not say
 
     def study_rows(self, configs: list[dict]) -> int:
