@@ -51,7 +51,7 @@ def prepare(args) -> tuple[StudySpec, data.Dataset]:
         ds = data.load(spec.data)
     except DataError as e:
         raise SpecError(f"{args.spec}: {e}") from None
-    problem = spec.data_problem(len(ds.y_test), ds.n_classes, len(ds.y_train)) or preflight.check_models(spec, ds)
+    problem = spec.data_problem(len(ds.y_test), ds.n_classes, len(ds.y_train), ds.input_shape) or preflight.check_models(spec, ds)
     if problem:
         raise SpecError(f"{args.spec}: {problem}")
     if args.resume:
@@ -359,9 +359,9 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
         if df.filter(pl.col("evaluator") == "embedding-transfer").height:
             print("\nEvery model in each triplet embedding: accuracy under embedding-space PGD, share of input-space PGD adversaries inside the ball:")
             print(epsilon.embedding_transfer_table(df))
-        for title, _, table in user.tables(df):
+        for title, _, rows in user.tables(df):
             print(f"\n{title}:")
-            print(table)
+            print(rows)
     if rob.height:
         top = rob.sort("clean_acc", descending=True).row(0, named=True)
         print(f"best clean accuracy: {top['clean_acc']:.3f} ({top['label']})")

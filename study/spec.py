@@ -1158,9 +1158,11 @@ class StudySpec(_Strict):
         variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k not in ("name", "import")]
         return swept + [k for k in dict.fromkeys(variants) if k not in swept]
 
-    def data_problem(self, n_eval: int, n_classes: int, n_train: int = 1) -> str | None:
-        """What the loaded data makes impossible (sizes and class counts the spec alone does
-        not know), as ``field: message``; None when the study can run."""
+    def data_problem(self, n_eval: int, n_classes: int, n_train: int = 1, input_shape: tuple[int, ...] | None = None) -> str | None:
+        """What the loaded data makes impossible (sizes, shapes and class counts the spec alone
+        does not know), as ``field: message``; None when the study can run."""
+        if input_shape is not None and self.needs_generative and self.generative.arch == "conv" and tuple(input_shape[1:]) != (28, 28):
+            return f"generative.arch: the conv generative networks take 28 x 28 images; the data's are {input_shape[1]} x {input_shape[2]} (use arch: mlp)"
         if n_train == 0:
             axis = self.train.get("checkpoint")
             if axis is None or any(v is None for v in axis.values):

@@ -227,6 +227,7 @@ CASES = [
     ("generative-steps-zero", _edit(lambda spec, tmp_path: {**spec, "evaluate": [{"evaluator": "natural"}], "generative": {"steps": 0}}), "generative.steps"),
     ("generative-unknown-arch", _edit(lambda spec, tmp_path: {**spec, "evaluate": [{"evaluator": "natural"}], "generative": {"arch": "vae"}}), "generative.arch"),
     ("generative-untrained-inverter", _edit(lambda spec, tmp_path: {**spec, "evaluate": [{"evaluator": "natural"}], "generative": {"inverter_steps": 0}}), "generative.inverter_steps"),
+    ("generative-conv-not-mnist-shaped", _edit(lambda spec, tmp_path: {**spec, "data": {"dataset": "digits"}, "evaluate": [{"evaluator": "natural"}], "generative": {"arch": "conv"}}), "generative.arch: the conv generative networks take 28 x 28 images; the data's are 8 x 8"),
     ("uncertainty-cw-options-on-pgd", _bnn(("evaluate", 0, "inputs"), [{"attack": "pgd", "eps": [0.1], "cw": {"confidence": 1}}]), "evaluate[0].inputs[0].cw"),
     ("uncertainty-apgd-t", _bnn(("evaluate", 0, "inputs"), [{"attack": "apgd-t", "eps": [0.1]}]), "evaluate[0].inputs[0].attack"),
     ("uncertainty-baseline-too-large", _bnn(("evaluate", 0, "baseline"), 1000), "evaluate[0].baseline"),
