@@ -1,6 +1,9 @@
 """Our AutoAttack against the reference, side by side in one run: robust accuracy and time.
 
-    python benchmarks/autoattack.py [--points 500] [--models pgd-cnn,ratio-triplet] [--presets autoattack,autoattack-fast]
+    python benchmarks/autoattack.py [--points 500] [--models pgd-cnn,ratio-triplet] [--presets autoattack,autoattack-fast] [--seed 0]
+
+``--seed`` seeds every attack, ours and the reference's: runs with two seeds show how far each
+figure moves by chance, the resolution of any comparison between them.
 
 Models (trained here, or loaded from results/store when trained before):
 
