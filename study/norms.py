@@ -31,6 +31,7 @@ class _Norm:
 class Linf(_Norm):
     name = "linf"
     p = math.inf
+    max_eps = 1.0  # inputs lie in [0, 1]: a larger radius is a typo, not a threat model
 
     @staticmethod
     def project(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -54,6 +55,7 @@ class Linf(_Norm):
 class L2(_Norm):
     name = "l2"
     p = 2.0
+    max_eps = None  # the box's diameter depends on the input size
 
     @staticmethod
     def project(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
-from study import attacks, models, registry
+from study import attacks, models, norms, registry
 from study.attacks import ATTACKS
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
 from study.attacks.presets import PRESETS
@@ -104,8 +104,7 @@ class AdversarialTraining(_Strict):
 
     @model_validator(mode="after")
     def _checks(self):
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError("eps: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        _eps_bound(self.norm, self.eps, "eps")
         try:
             attacks.make(self.attack, **self.attack_options())
         except attacks.OptionError as e:
@@ -286,11 +285,14 @@ class NormAxes(_Strict):
     eps: Annotated[list[NonNegFloat], Field(min_length=1), Distinct]
 
 
-def _linf_bound(eps, where: str):
-    """Inputs lie in [0, 1]: a Linf radius above 1 is a typo, not a threat model."""
-    for i, e in enumerate(eps):
-        if e > 1:
-            raise ValueError(f"{where}[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+def _eps_bound(norm: str, eps, where: str):
+    """A radius beyond the norm's largest meaningful one (study.norms: Linf's is 1, as inputs lie
+    in [0, 1]) is a typo, not a threat model. ``eps``: one radius, or a list (indexed in ``where``)."""
+    bound = norms.get(norm).max_eps
+    for i, e in enumerate(eps if isinstance(eps, list) else [eps]):
+        if bound is not None and e > bound:
+            at = f"{where}[{i}]" if isinstance(eps, list) else where
+            raise ValueError(f"{at}: {norm} eps must be <= {bound:g} (inputs lie in [0, 1])")
 
 
 class AttackSpec(_Strict):
@@ -375,7 +377,8 @@ class RobustnessEval(_Evaluator):
         names = [a.name for a in self.attack_list()]
         if len(set(names)) != len(names) and len({a.describe() for a in self.attack_list()}) != len(names):
             raise ValueError("attacks: the same attack with the same options twice")
-        _linf_bound(self.norms.get("linf", NormAxes(eps=[0])).eps, "norms.linf.eps")
+        for name, axes in self.norms.items():
+            _eps_bound(name, axes.eps, f"norms.{name}.eps")
         if self.cascade is None:
             self.cascade = isinstance(self.attacks, str)
         if self.per_class_eps is not None:
@@ -499,8 +502,7 @@ class TransferEval(_Evaluator):
 
     @model_validator(mode="after")
     def _checks(self):
-        if self.norm == "linf":
-            _linf_bound(self.eps, "eps")
+        _eps_bound(self.norm, self.eps, "eps")
         if self.attack.name in attacks.NO_FINAL_ITERATE:
             raise ValueError(f"attack: {self.attack.name} keeps no final iterate per point to transfer; use pgd, apgd-ce, fab-t or square")
         if self.attack.name not in attacks.ATTACKS:
@@ -620,8 +622,7 @@ class InputSet(_Strict):
             raise ValueError(f"norm: required for {name}")
         if self.eps is None:
             raise ValueError(f"eps: required for {name} (a list of radii)")
-        if self.norm == "linf":
-            _linf_bound(self.eps, "eps")
+        _eps_bound(self.norm, self.eps, "eps")
         return self
 
     @property
@@ -766,9 +767,8 @@ class _EmbeddingAttacks(_Evaluator):
 
     @model_validator(mode="after")
     def _checks(self):
-        for i, e in enumerate(self.input_attacks.get("linf", NormAxes(eps=[0])).eps):
-            if e > 1:
-                raise ValueError(f"input_attacks.linf.eps[{i}]: Linf eps must be <= 1 (inputs lie in [0, 1])")
+        for name, axes in self.input_attacks.items():
+            _eps_bound(name, axes.eps, f"input_attacks.{name}.eps")
         return self
 
     def pair_rows(self) -> int:
