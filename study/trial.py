@@ -42,7 +42,12 @@ class StudyContext:
     code_folders: list = field(default_factory=list)  # where the driver found the user's modules (study.imports)
 
     def checkpoint_uri(self, path: str) -> str:
-        return path if "://" in path or os.path.isabs(path) else os.path.join(self.workdir, path)
+        """A relative checkpoint path from the driver's folder; on a cluster node without that
+        folder, from the trial's own (``ray job submit --working-dir`` puts a copy there)."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        driver = os.path.join(self.workdir, path)
+        return driver if os.path.exists(driver) or not os.path.exists(path) else os.path.abspath(path)
 
 
 def trial_id(study: str, cfg: TrainConfig) -> str:

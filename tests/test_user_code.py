@@ -437,3 +437,20 @@ def test_bad_user_attacks_are_one_line_errors(user_attacks, mylab, tmp_path, cap
     assert sweep.main([str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_relative_checkpoint_is_found_from_the_driver_or_on_the_node(tmp_path, monkeypatch):
+    """Relative paths start at the folder the driver ran in; a cluster node without that folder
+    finds the file in its own working folder (the job's uploaded copy)."""
+    from study.trial import StudyContext
+
+    driver, node = tmp_path / "driver", tmp_path / "node"
+    (node / "runs").mkdir(parents=True)
+    (node / "runs" / "w.pt").write_bytes(b"x")
+    context = StudyContext(spec=None, results_uri="", store_uri="", workdir=str(driver))
+    monkeypatch.chdir(node)
+    assert context.checkpoint_uri("runs/w.pt") == str(node / "runs" / "w.pt")
+    (driver / "runs").mkdir(parents=True)
+    (driver / "runs" / "w.pt").write_bytes(b"x")
+    assert context.checkpoint_uri("runs/w.pt") == str(driver / "runs" / "w.pt")
+    assert context.checkpoint_uri("s3://bucket/w.pt") == "s3://bucket/w.pt"
