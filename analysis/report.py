@@ -22,7 +22,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, tilting, uncertainty, user
+from analysis import charts, epsilon, evaluation, features, frontier, gaussian, images, natural, sections, tilting, uncertainty
 from analysis.load import TRAINING_AXES, ResultsError, load, read_artifact, read_manifest
 from study import fsio
 from study.names import DISTANCE_NORMS
@@ -521,19 +521,12 @@ def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = Non
             "for linear two-class models also theta (degrees) and Tanay's predicted d_adv.",
             _by_lambda(table, geometry),
         ))
-    rubbish = df.filter(pl.col("evaluator") == "rubbish")
-    if not rubbish.is_empty():
-        out.append((
-            "Rubbish inputs",
-            "N(0, I) noise clipped to [0, 1]: the fraction of noise inputs each model classifies with confidence > 0.5, and its mean confidence on them.",
-            rubbish.select("label", "rubbish_confident", "confidence_mean", "clean_acc").sort("label"),
-        ))
+    out += sections.tables(df)
     if not _uncertainty(df).is_empty():
         out += _uncertainty_tables(df)
     out += _natural_tables(df, (found or {}).get("natural"))
     out += _epsilon_tables(df, found or {})
     out += _features_tables(df, found or {}, sets)
-    out += user.tables(df)
     return out
 
 

@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from study import data  # noqa: E402
 from study.evaluators import EvalContext, robustness  # noqa: E402
-from study.spec import AdversarialTraining, DataSpec, RobustnessEval, TrainConfig  # noqa: E402
+from study.spec import AdversarialTraining, DataSpec, TrainConfig  # noqa: E402
+from study.evaluators.robustness import Options as RobustnessEval  # noqa: E402
 from study.store import ModelStore, model_key  # noqa: E402
 from study.train import init_model, train  # noqa: E402
 

@@ -154,7 +154,6 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     from ray import tune
 
     from jobs import search
-    from study.evaluators import STUDY_EVALUATORS
     from study.trial import StudyContext, prepare_features, prepare_generative, run_study_evaluators, run_trial
 
     started = datetime.now(timezone.utc)
@@ -214,14 +213,14 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     trials = [trial_record(r, since=run_started) for r in grid]
     finished = [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
     study_rows, n_study = (), 0
-    if any(e.evaluator in STUDY_EVALUATORS for e in spec.evaluate) and finished:
+    after = [e.evaluator for e in spec.evaluate if e.scope == "study"]
+    if after and finished:
         configs = [spec.resolve(spec.decode(r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
-        names = ", ".join(e.evaluator for e in spec.evaluate if e.evaluator in STUDY_EVALUATORS)
-        print(f"{names}: over the {len(configs)} models of the study", flush=True)
+        print(f"{', '.join(after)}: over the {len(configs)} models of the study", flush=True)
         # A Ray task with a trial's resources: on a cluster it runs on a worker, not the head.
         task = ray.remote(run_study_evaluators).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
         n_study = ray.get(task.remote(context, ds, configs))
-        study_rows = tuple(e.evaluator for e in spec.evaluate if e.evaluator in STUDY_EVALUATORS and e.evaluator != "gaussian")
+        study_rows = tuple(after)
     pareto = search.read_pareto(results_uri) if spec.search.kind == "optuna" else None
     results_path, table = results.compact(results_uri, finished, pareto=pareto, study_rows=study_rows)
     # Every row a trial or study evaluator computed has its own key, so compaction keeps them all
@@ -284,7 +283,7 @@ def trial_record(r, since: int) -> dict:
 def print_summary(table, trials, results_path, manifest_path, results_uri):
     import polars as pl
 
-    from analysis import epsilon, natural, uncertainty, user
+    from analysis import epsilon, natural, sections, uncertainty
     from analysis.evaluation import attack_log, evaluation_warnings
     from analysis.frontier import best_per_point
 
@@ -359,7 +358,7 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
         if df.filter(pl.col("evaluator") == "embedding-transfer").height:
             print("\nEvery model in each triplet embedding: accuracy under embedding-space PGD, share of input-space PGD adversaries inside the ball:")
             print(epsilon.embedding_transfer_table(df))
-        for title, _, rows in user.tables(df):
+        for title, _, rows in sections.tables(df):
             print(f"\n{title}:")
             print(rows)
     if rob.height:

@@ -26,9 +26,9 @@ def is_import_path(name: str) -> bool:
     return isinstance(name, str) and bool(_PATH.match(name))
 
 
-def resolve(path: str) -> Callable:
-    """The callable an import path names; ValueError with one line when the module, the name
-    or the object is wrong."""
+def resolve(path: str, callable_only: bool = True) -> Any:
+    """The callable (or, with ``callable_only`` false, the object) an import path names;
+    ValueError with one line when the module, the name or the object is wrong."""
     if not is_import_path(path):
         raise ValueError(f"{path!r} is not an import path (write package.module:name)")
     module_name, attr = path.split(":")
@@ -49,7 +49,7 @@ def resolve(path: str) -> Callable:
         if not hasattr(obj, part):
             raise ValueError(f"{path}: module {module_name} has no {attr}")
         obj = getattr(obj, part)
-    if not callable(obj):
+    if callable_only and not callable(obj):
         raise ValueError(f"{path}: {attr} is not callable (a class or a function is expected)")
     return obj
 

@@ -12,6 +12,7 @@ Layout under a study's results URI:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -25,7 +26,8 @@ from study import fsio
 SCHEMA_VERSION = "10"
 _META_KEY = b"advsweep.schema_version"
 
-# (name, type, group, meaning) -- the single source of the schema and of its documentation.
+# (name, type, group, meaning): the columns every evaluator shares. With each evaluator's own
+# (study.registry: a module's COLUMNS), the single source of the schema and of its documentation.
 COLUMNS = [
     ("study", pa.string(), "identity", "study name from the spec"),
     ("trial_id", pa.string(), "identity", "hash of the study and the resolved training config (deterministic)"),
@@ -97,49 +99,17 @@ COLUMNS = [
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
     ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled (in a cascade: the ensemble so far)"),
-    ("vanishing_grad", pa.float64(), "metric", "robustness: share of the attacked points whose cross-entropy input gradient is exactly 0 at x (a saturated softmax: a cross-entropy gradient attack cannot take its first step there)"),
-    ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
     ("l2_mean", pa.float64(), "metric", "mean L2 norm of the successful perturbations (null if none)"),
     ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),
     ("linf_mean", pa.float64(), "metric", "mean Linf norm of the successful perturbations"),
     ("linf_median", pa.float64(), "metric", "median Linf norm of the successful perturbations"),
     ("adv_confidence_mean", pa.float64(), "metric", "mean confidence (the model's probability of the class it predicts) on the successful adversarial examples"),
-    ("theta_deg", pa.float64(), "metric", "geometry, linear two-class models: tilting angle between w and the nearest-centroid direction c1 - c0 (training set), degrees"),
-    ("centroid_dist", pa.float64(), "metric", "geometry: ||c1 - c0||_2, the distance between the two training-class centroids"),
-    ("d_adv_pred", pa.float64(), "metric", "geometry: Tanay's predicted adversarial distance 1/2 ||c1 - c0|| cos(theta)"),
-    ("min_eps_mean", pa.float64(), "metric", "geometry: mean minimal perturbation (in `norm`) that changes the prediction, over the correctly classified points it could change"),
-    ("min_eps_median", pa.float64(), "metric", "geometry: median minimal perturbation"),
-    ("rubbish_confident", pa.float64(), "metric", "rubbish: fraction of N(0, I) noise inputs (clipped to [0, 1]) classified with confidence > 0.5"),
-    ("confidence_mean", pa.float64(), "metric", "rubbish: mean confidence on the noise inputs"),
     ("transfer_error", pa.float64(), "metric", "transfer, features: the target's error rate on the source's adversarial examples (every evaluation point)"),
-    ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
-    ("n_baseline", pa.int64(), "metric", "uncertainty: images in the separate clean baseline set (the first evaluation images; the input sets use the rest)"),
-    ("mi_mean", pa.float64(), "metric", "uncertainty: mean mutual information H[mean_t p_t] - mean_t H[p_t] over the input set (nats)"),
-    ("mi_median", pa.float64(), "metric", "uncertainty: median mutual information"),
-    ("smv_mean", pa.float64(), "metric", "uncertainty: mean softmax variance sum_c var_t p_t(c) (population variance over the T samples)"),
-    ("mi_rel", pa.float64(), "metric", "uncertainty: mi_mean / the clean baseline set's mean MI at the same T (null when that is 0)"),
-    ("smv_rel", pa.float64(), "metric", "uncertainty: smv_mean / the clean baseline set's mean SMV at the same T"),
-    ("auroc_mi", pa.float64(), "metric", "uncertainty: AUROC of MI separating this input set from the clean inputs of the same points (0.5: no better than chance)"),
-    ("auroc_mi_se", pa.float64(), "metric", "uncertainty: standard error of auroc_mi (DeLong)"),
-    ("auroc_smv", pa.float64(), "metric", "uncertainty: AUROC of SMV, clean vs this input set"),
-    ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
-    ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space)"),
-    ("latent_dist_median", pa.float64(), "metric", "natural: median latent distance"),
     ("queries_mean", pa.float64(), "metric", "natural, square: mean classifier queries spent per searched point (found or not)"),
     ("queries_median", pa.float64(), "metric", "natural: median classifier queries per searched point"),
-    ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
-    ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
     ("recon_acc", pa.float64(), "metric", "reconstruction: accuracy on G(I(inputs)), the inputs projected through the inverter and generator (the reconstruction defense); natural: accuracy on the points' reconstructions G(I(x))"),
     ("within_mean", pa.float64(), "metric", "distances: mean pairwise distance within a class (i != j), averaged over classes; embedding: the same in the embedding"),
     ("between_mean", pa.float64(), "metric", "distances: mean pairwise distance between images of different classes, averaged over class pairs; embedding: the same in the embedding"),
-    ("within_smaller_rate", pa.float64(), "metric", "distances: fraction of classes whose within-class mean distance is below their mean distance to every other class"),
-    ("nearest_other_mean", pa.float64(), "metric", "distances: mean over the sampled images of the distance to the nearest sampled image of another class"),
-    ("eps_min", pa.float64(), "metric", "distances: the smallest per-class eps suggestion (`eps` is their mean over classes)"),
-    ("eps_max", pa.float64(), "metric", "distances: the largest per-class eps suggestion"),
-    ("target_rate", pa.float64(), "metric", "crafted: fraction of the crafted images x0 + eps sign(x1) classified as x1's class (`robust_acc`: as x0's)"),
-    ("knn_acc", pa.float64(), "metric", "embedding: 1-nearest-neighbour accuracy in the embedding (evaluation images against the training images)"),
-    ("inside_rate", pa.float64(), "metric", "embedding: fraction of the input-space adversaries (attack, norm, eps) whose embedding stays within embed_eps of the clean point's"),
-    ("embed_dist_mean", pa.float64(), "metric", "embedding: mean ||e(x_adv) - e(x)||_2 of the successful adversaries"),
     ("generative_key", pa.string(), "generative", "natural, reconstruction, natural input sets: content hash of the generative model (config, data, code) in the store"),
     ("gan_steps", pa.int64(), "generative", "generator steps the generative model was trained for"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
@@ -154,7 +124,23 @@ COLUMNS = [
     ("ray_version", pa.string(), "provenance", "ray version"),
     ("created_at", pa.timestamp("us", tz="UTC"), "provenance", "when the row was written"),
 ]
-SCHEMA = pa.schema([pa.field(n, t) for n, t, _, _ in COLUMNS], metadata={_META_KEY: SCHEMA_VERSION.encode()})
+GROUPS = ("identity", "training", "evaluation", "metric", "generative", "cost", "search", "provenance")
+
+
+@functools.lru_cache(maxsize=1)
+def schema_columns() -> tuple:
+    """The shared columns and every built-in evaluator's own, grouped (a group's own columns
+    after its shared ones)."""
+    from study import registry
+
+    return tuple(sorted([*COLUMNS, *registry.builtin_columns()], key=lambda c: GROUPS.index(c[2])))
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> pa.Schema:
+    return pa.schema([pa.field(n, t) for n, t, _, _ in schema_columns()], metadata={_META_KEY: SCHEMA_VERSION.encode()})
+
+
 # The evaluation axes that, with trial_id, identify a row.
 KEY_COLUMNS = (
     "evaluator", "attack", "attack_options", "ensemble", "cascade", "norm", "eps", "steps", "step_size", "restarts", "kappa", "search_steps", "eot_samples", "mc_samples",
@@ -169,14 +155,18 @@ class SchemaVersionError(ValueError):
 
 def user_columns(row: dict) -> list[str]:
     """The columns an evaluator of the user's adds beyond the schema (study.registry)."""
-    return [k for k in row if k not in SCHEMA.names]
+    names = set(schema().names)
+    return [k for k in row if k not in names]
 
 
 def row_key(trial_id: str, row: dict) -> str:
-    """Hash of the trial and the row's evaluation point: the key columns, and any column a
-    user's evaluator adds that is not a float (its axes; floats are its measurements)."""
+    """Hash of the trial and the row's evaluation point: the key columns, an evaluator's own
+    `evaluation` columns, and any column a user's evaluator adds that is not a float (its
+    axes; floats are its measurements)."""
     point = [trial_id, *(row.get(c) for c in KEY_COLUMNS)]
-    axes = sorted((k, row[k]) for k in user_columns(row) if not isinstance(row[k], float))
+    own = {n for n, _, group, _ in schema_columns() if group == "evaluation"} - set(KEY_COLUMNS)
+    users = set(user_columns(row))
+    axes = sorted((k, row[k]) for k in row if k in own or (k in users and not isinstance(row[k], float)))
     point += [axes] if axes else []
     return hashlib.sha256(json.dumps(point, default=str).encode()).hexdigest()[:16]
 
@@ -189,10 +179,10 @@ def to_table(rows: list[dict]) -> pa.Table:
     if builtin:
         raise ValueError(f"rows of {sorted(builtin)} have columns the schema lacks: {sorted(extra)}")
     if not extra:
-        return pa.Table.from_pylist(rows, schema=SCHEMA)
+        return pa.Table.from_pylist(rows, schema=schema())
     inferred = pa.Table.from_pylist([{c: r.get(c) for c in extra} for r in rows]).schema
-    schema = pa.schema([*SCHEMA, *(inferred.field(c) for c in extra)], metadata=SCHEMA.metadata)
-    return pa.Table.from_pylist(rows, schema=schema)
+    full = pa.schema([*schema(), *(inferred.field(c) for c in extra)], metadata=schema().metadata)
+    return pa.Table.from_pylist(rows, schema=full)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -245,7 +235,7 @@ def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[st
     files += [p for p in (fsio.join(base, "study", f"{name}.parquet") for name in study_rows) if fsio.exists(fs, p)]
     tables = [read_table(fs, f) for f in files]
     # Trials of a user's evaluator add its columns: the others get nulls there.
-    table = pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="default") if tables else schema().empty_table()
     # A re-run rewrites a trial's file whole, so a key can only repeat across files: keep one.
     seen, first = set(), []
     for i, key in enumerate(table.column("row_key").to_pylist()):
@@ -257,7 +247,7 @@ def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[st
         marks = pa.array([t in pareto for t in table.column("trial_id").to_pylist()], type=pa.bool_())
         table = table.set_column(table.schema.get_field_index("search_pareto"), "search_pareto", marks)
     path = fsio.join(base, "results.parquet")
-    table = table.replace_schema_metadata(SCHEMA.metadata)
+    table = table.replace_schema_metadata(schema().metadata)
     fsio.write_atomic(fs, path, parquet_bytes(table))
     return path, table
 
@@ -271,7 +261,7 @@ def write_manifest(results_uri: str, manifest: dict) -> str:
 
 def schema_markdown() -> str:
     lines = ["| column | type | group | meaning |", "|---|---|---|---|"]
-    lines += [f"| {n} | {t} | {g} | {d} |" for n, t, g, d in COLUMNS]
+    lines += [f"| {n} | {t} | {g} | {d} |" for n, t, g, d in schema_columns()]
     return "\n".join(lines)
 
 

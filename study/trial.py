@@ -19,13 +19,11 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import artifacts, checkpoints, evaluators, features, fsio, gaussian, generative, imports, models, results
+from study import checkpoints, evaluators, features, fsio, generative, imports, models, results
 from study.data import Dataset
-from study.evaluators import embedding, transfer
-from study.evaluators import features as features_eval
 from study.names import adversarial_name
-from study.spec import StudySpec, TrainConfig
 from study.seeds import stream_seed
+from study.spec import StudySpec, TrainConfig
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -185,6 +183,8 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     with seeded(device, cfg.seed, "clean"):
         ctx.correct
     for axes in spec.evaluate:
+        if axes.scope != "trial":
+            continue
         with seeded(device, cfg.seed, "evaluate", json.dumps(axes.model_dump(mode="json"), sort_keys=True)):
             rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
@@ -340,14 +340,14 @@ def prepare_features(study: StudyContext, data: Dataset) -> list[dict]:
 
 
 def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]) -> int:
-    """After the trials: the study evaluators (transfer, embedding-transfer, features, gaussian) over the models of
-    the finished trials (``configs``: their resolved training configs), loaded from the store.
-    Writes study/<evaluator>.parquet under the results; returns the number of rows."""
+    """After the trials: the study evaluators (``scope = "study"``: transfer, embedding-transfer,
+    features, gaussian, or one of yours) over the models of the finished trials (``configs``:
+    their resolved training configs), loaded from the store. Writes study/<evaluator>.parquet
+    under the results; returns the number of rows."""
     imports.add_folders(study.code_folders)
     spec = study.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = select_device(spec.resources.device, spec.resources.gpu)
-    x, y = _tensor(data.x_test, device), _tensor(data.y_test, device)
     swept = spec.label_axes()
     store = ModelStore(study.store_uri)
     members, trained = [], {}
@@ -360,25 +360,23 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
             meta = store.load(model_key(cfg.model_dump(mode="json"), features.fit_fingerprint(spec, cfg.train_set, data.fingerprint)), model)
         if meta is None:
             raise RuntimeError(f"study evaluators: the model of trial {trial_id(spec.name, cfg)} is not in the store {study.store_uri}")
-        member = transfer.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
+        member = evaluators.Member(trial_id(spec.name, cfg), label(cfg, swept), model.eval())
         members.append(member)
         trained[member.trial_id] = (cfg, member.label, meta)
+
+    def standard_source() -> evaluators.Member:
+        cfg = spec.features.standard
+        model = init_model(cfg, data.input_shape, data.n_classes).to(device)
+        key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
+        if store.load(key, model) is None:
+            raise RuntimeError(f"features: the standard source model {key} is not in the store {study.store_uri}")
+        return evaluators.Member(key, f"source {label(cfg, [])}", model.eval())
+
+    ctx = evaluators.StudyEvalContext(members, _tensor(data.x_test, device), _tensor(data.y_test, device), spec.seed, study.results_uri, standard_source)
     by_evaluator = {}
     for axes in spec.evaluate:
-        if axes.evaluator == "features":
-            cfg = spec.features.standard
-            model = init_model(cfg, data.input_shape, data.n_classes).to(device)
-            key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
-            if store.load(key, model) is None:
-                raise RuntimeError(f"features: the standard source model {key} is not in the store {study.store_uri}")
-            source = transfer.Member(key, f"source {label(cfg, [])}", model.eval())
-            by_evaluator.setdefault("features", []).extend(features_eval.evaluate(source, members, x, y, axes, spec.seed))
-        elif axes.evaluator == "gaussian":
-            artifacts.write(study.results_uri, "gaussian", "study", gaussian.evaluate(axes, spec.seed))
-        elif axes.evaluator == "transfer":
-            by_evaluator.setdefault("transfer", []).extend(transfer.evaluate(members, x, y, axes, spec.seed))
-        elif axes.evaluator == "embedding-transfer":
-            by_evaluator.setdefault("embedding-transfer", []).extend(embedding.transfer(members, x, y, axes, spec.seed))
+        if axes.scope == "study":
+            by_evaluator.setdefault(axes.evaluator, []).extend(evaluators.run(ctx, axes))
     for name, rows in by_evaluator.items():
         for tid, (cfg, trial_label, meta) in trained.items():
             mine = [r for r in rows if r["trial_id"] == tid]
@@ -388,7 +386,8 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
     planned = spec.study_rows(configs)
     check_rows([r for rows in by_evaluator.values() for r in rows], planned, "study evaluators")
     for name, rows in by_evaluator.items():
-        results.write_study_rows(study.results_uri, name, rows)
+        if rows:
+            results.write_study_rows(study.results_uri, name, rows)
     return sum(len(rows) for rows in by_evaluator.values())
 
 

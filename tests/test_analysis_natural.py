@@ -14,7 +14,7 @@ from PIL import Image
 
 from analysis import images, natural
 from analysis.report import build_charts, read_generative, summary_tables
-from study.results import SCHEMA
+from study.results import schema
 
 TRIALS = {"t1": "cnn", "t2": "logreg"}
 # (trial, search, N, rounds, success_rate): t1 also runs an iterative search with N = 8, t2 only up to 3 rounds.
@@ -279,7 +279,7 @@ def test_natural_strip_size_and_cells():
 
 def _full(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows with every result column, as ``analysis.load`` gives them."""
-    return pl.concat([pl.from_arrow(SCHEMA.empty_table()), frame], how="diagonal_relaxed")
+    return pl.concat([pl.from_arrow(schema().empty_table()), frame], how="diagonal_relaxed")
 
 
 def _tiny_png(w: int, h: int) -> bytes:

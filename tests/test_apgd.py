@@ -300,7 +300,7 @@ def test_the_evaluator_runs_each_attack_at_its_own_settings():
     """The evaluator's shared `steps` used to run APGD for 10 iterations and a shared step size
     overrode its 2 eps schedule: each attack now has its own published defaults and options."""
     from study.evaluators import EvalContext, robustness
-    from study.spec import RobustnessEval
+    from study.evaluators.robustness import Options as RobustnessEval
 
     model = make_model("linear", 0).float()
     x, _ = make_data(12, 1, torch.float32)

@@ -17,7 +17,8 @@ from study.attacks.square import eta_pattern, square_fraction
 from study.evaluators import EvalContext, robustness
 from study.norms import L2, Linf
 from study.rng import PointRNG
-from study.spec import DataSpec, RobustnessEval
+from study.spec import DataSpec
+from study.evaluators.robustness import Options as RobustnessEval
 
 N_EVAL = 200
 

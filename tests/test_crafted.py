@@ -13,7 +13,7 @@ from study import models
 from study.evaluators import EvalContext, crafted
 from study.evaluators.robustness import confidence
 from study.results import to_table
-from study.spec import CraftedEval
+from study.evaluators.crafted import Options as CraftedEval
 from study.train import predict
 
 

@@ -12,7 +12,8 @@ from study import attacks, data, generative, mc
 from study.evaluators import EvalContext, robustness
 from study.norms import NORMS
 from study.rng import PointRNG
-from study.spec import DataSpec, GenerativeSpec, RobustnessEval, TrainConfig
+from study.spec import DataSpec, GenerativeSpec, TrainConfig
+from study.evaluators.robustness import Options as RobustnessEval
 from study.store import ModelStore
 from study.train import init_model, predict, train
 

@@ -14,7 +14,7 @@ from study import models
 from study.evaluators import EvalContext, distances
 from study.seeds import stream_seed
 from study.results import to_table
-from study.spec import DistancesEval
+from study.evaluators.distances import Options as DistancesEval
 
 NORMS = ("l0", "l1", "l2", "linf")
 

@@ -9,7 +9,9 @@ from analysis.load import read_artifact
 from study import models, objectives
 from study.attacks.embedding import EmbeddingPGD
 from study.evaluators import EvalContext, embedding
-from study.spec import EmbeddingEval, NormAxes, TrainConfig
+from study.spec import TrainConfig
+from study.evaluators.embedding import Options as EmbeddingEval
+from study.spec.constraints import NormAxes
 from study.train import init_model, predict, train
 
 
@@ -119,8 +121,8 @@ def test_embedding_evaluator(trained_triplet, tmp_path):
 
 
 def test_embedding_transfer_measures_every_model_in_every_embedding(trained_triplet):
-    from study.evaluators.transfer import Member
-    from study.spec import EmbeddingTransferEval
+    from study.evaluators import Member, StudyEvalContext
+    from study.evaluators.embedding import TransferOptions as EmbeddingTransferEval
 
     model, x, y, xt, yt = trained_triplet
     cfg = TrainConfig(model="logreg", epochs=3, batch_size=32, seed=0)
@@ -128,7 +130,7 @@ def test_embedding_transfer_measures_every_model_in_every_embedding(trained_trip
     train(logreg, cfg, x, y, xt, yt)
     members = [Member("t", "triplet", model), Member("l", "logreg", logreg.eval())]
     axes = EmbeddingTransferEval(evaluator="embedding-transfer", eps=[0.3, 1.5], steps=10, step_size=0.05, input_attacks={"linf": NormAxes(eps=[0.3])}, input_steps=10, n_points=60)
-    rows = embedding.transfer(members, xt, yt, axes, seed=0)
+    rows = embedding.transfer(StudyEvalContext(members, xt, yt, seed=0, results_uri="", standard_source=None), axes)
     # One embedding (the logreg has none) x two attacked models.
     assert len(rows) == 2 * axes.pair_rows() == 2 * 2 * 2
     assert {r["source_trial_id"] for r in rows} == {"t"} and {r["trial_id"] for r in rows} == {"t", "l"}

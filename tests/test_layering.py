@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_analysis_imports_no_torch():
-    code = "import sys, analysis.report, analysis.load, analysis.frontier, analysis.user; print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"
+    code = "import sys, analysis.report, analysis.load, analysis.frontier, analysis.sections; print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout

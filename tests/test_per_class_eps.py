@@ -9,7 +9,9 @@ import torch
 from analysis.load import read_artifact
 from study import models
 from study.evaluators import EvalContext, distances, robustness
-from study.spec import NormAxes, PerClassEps, RobustnessEval
+from study.spec.constraints import NormAxes
+from study.evaluators.robustness import PerClassEps
+from study.evaluators.robustness import Options as RobustnessEval
 
 
 def _data(n, seed):

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from study.results import SCHEMA, SCHEMA_VERSION
+from study.results import SCHEMA_VERSION, schema
 from study.spec import load_spec
 
 
@@ -35,7 +35,7 @@ def test_parquet_carries_schema_and_version(numbers_sweep):
     import pyarrow.parquet as pq
 
     table = pq.read_table(numbers_sweep.results / "results.parquet")
-    assert table.schema.remove_metadata() == SCHEMA.remove_metadata()
+    assert table.schema.remove_metadata() == schema().remove_metadata()
     assert table.schema.metadata[b"advsweep.schema_version"].decode() == SCHEMA_VERSION
 
 

@@ -312,7 +312,7 @@ def test_a_user_evaluator_runs_with_its_options_and_adds_its_columns(mylab, tmp_
     assert rows == [{"n_points": 7, "margin_mean": pytest.approx(m.mean().item()), "margin_below_1": pytest.approx((m < 1).float().mean().item()), "evaluator": "mylab.metrics:margin"}]
     table = results.to_table([{**rows[0], "trial_id": "t"}])
     assert table.schema.field("n_points").type == "int64" and table.schema.field("margin_mean").type == "double"
-    assert table.schema.names[: len(results.SCHEMA)] == results.SCHEMA.names
+    assert table.schema.names[: len(results.schema())] == results.schema().names
 
 
 def test_a_user_evaluators_int_and_str_columns_tell_its_rows_apart():
@@ -392,7 +392,7 @@ def _linear_case(seed=0, n=400, d=16):
 
 def test_a_user_attack_gives_the_closed_form_robust_accuracy_of_a_linear_model(user_attacks, tmp_path):
     from study.evaluators import EvalContext, robustness
-    from study.spec import RobustnessEval
+    from study.evaluators.robustness import Options as RobustnessEval
 
     model, x, y = _linear_case()
     eps = [0.0, 0.01, 0.03, 0.1, 0.2]  # x +- 0.2 stays inside the box
@@ -413,7 +413,7 @@ def test_a_user_attack_gives_the_closed_form_robust_accuracy_of_a_linear_model(u
 
 def test_a_user_attack_cannot_count_a_perturbation_beyond_eps(user_attacks, tmp_path):
     from study.evaluators import EvalContext, robustness
-    from study.spec import RobustnessEval
+    from study.evaluators.robustness import Options as RobustnessEval
 
     model, x, y = _linear_case(seed=1)
     entry = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": [{"name": "labattacks:beyond", "scale": 1.0}], "norms": {"linf": {"eps": [0.05]}, "l2": {"eps": [0.3]}}})

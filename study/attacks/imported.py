@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from study import imports, norms
+from study import imports
 from study.attacks.gradient import AttackResult, frozen, prepare
 
 _CALL = ("model", "x", "y", "eps", "norm")

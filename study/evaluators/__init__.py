@@ -1,10 +1,11 @@
-"""Evaluators by name: function(ctx, axes) -> list of result rows (dicts of schema columns);
-a researcher's own by import path through study.registry, whose rows may add columns.
+"""The built-in evaluators, one module each (its options, columns, rows and report section,
+registered by one line in study.registry.BUILTIN), and the contexts every evaluator gets:
+``evaluate(ctx, options) -> list of row dicts``.
 
-Per-trial evaluators run inside a trial against its one model. ``transfer``,
-``embedding-transfer`` and ``features`` are study evaluators: they need every trial's model,
-so jobs.sweep runs them once after the trials; so does the model-free ``gaussian``. The
-natural and reconstruction evaluators (and natural input sets) use the study's generative model,
+Per-trial evaluators run inside a trial against its one model (``EvalContext``). Study
+evaluators (``transfer``, ``embedding-transfer``, ``features``, the model-free ``gaussian``)
+need every trial's model, so they run once after the trials (``StudyEvalContext``). The natural
+and reconstruction evaluators (and natural input sets) use the study's generative model,
 trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
 ``embedding`` runs only for models with an embedding (triplet); it returns no rows for others.
 """
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from study import artifacts, registry
-from study.evaluators import crafted, distances, embedding, geometry, natural, reconstruction, robustness, rubbish, uncertainty
 from study.train import predict
 
 
@@ -55,26 +55,38 @@ class EvalContext:
         return artifacts.write(self.results_uri, name, self.trial_id, columns)
 
 
-EVALUATORS = {
-    "robustness": robustness.evaluate,
-    "geometry": geometry.evaluate,
-    "rubbish": rubbish.evaluate,
-    "uncertainty": uncertainty.evaluate,
-    "natural": natural.evaluate,
-    "reconstruction": reconstruction.evaluate,
-    "distances": distances.evaluate,
-    "crafted": crafted.evaluate,
-    "embedding": embedding.evaluate,
-}
-STUDY_EVALUATORS = ("transfer", "embedding-transfer", "features", "gaussian")
+@dataclass
+class Member:
+    """One trained model of the study."""
+
+    trial_id: str
+    label: str
+    model: torch.nn.Module
 
 
-def run(ctx: EvalContext, axes) -> list[dict]:
-    if axes.evaluator in STUDY_EVALUATORS:
-        return []
-    if axes.evaluator in EVALUATORS:
-        return EVALUATORS[axes.evaluator](ctx, axes)
-    return _checked(axes.evaluator, registry.find(axes.evaluator).evaluate(ctx, axes))
+@dataclass
+class StudyEvalContext:
+    """What a study evaluator gets after the trials: every finished trial's model, the
+    evaluation split, the study seed, and the standard feature-source model on demand."""
+
+    members: list[Member]
+    x: torch.Tensor
+    y: torch.Tensor
+    seed: int
+    results_uri: str
+    standard_source: Callable[[], Member]  # study.features' standard source, from the store
+
+    def write_artifact(self, name: str, columns: dict) -> str:
+        return artifacts.write(self.results_uri, name, "study", columns)
+
+
+def run(ctx: EvalContext | StudyEvalContext, options) -> list[dict]:
+    """The rows of one evaluator entry: a built-in's as it writes them, a researcher's checked
+    and tagged with the name the spec gave it."""
+    rows = registry.find(options.evaluator).evaluate(ctx, options)
+    if options.evaluator in registry.BUILTIN:
+        return rows
+    return _checked(options.evaluator, rows)
 
 
 _PLAIN = (bool, int, float, str, type(None))

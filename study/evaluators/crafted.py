@@ -20,12 +20,30 @@ class at every eps, as pixels).
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
+import pyarrow as pa
 import torch
+from pydantic import Field
 
 from study.evaluators.robustness import confidence
 from study.norms import L2, Linf
+from study.registry import Entry, Evaluator
 from study.train import predict
+from study.types import Distinct, NotBool, PosInt
+
+
+class Options(Entry):
+    """The source text's crafted images x0 + eps * sign(x1), clipped to [0, 1], for every ordered
+    pair of classes (x0 and x1 test images of different classes), classified by the model:
+    study.evaluators.crafted."""
+
+    eps: Annotated[list[Annotated[float, NotBool, Field(gt=0, le=1)]], Field(min_length=1), Distinct] = [0.1, 0.2, 0.3]
+    per_class: PosInt = 10  # test images per class; every pair of images of different classes is crafted
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.eps)
+
 
 BATCH = 8192  # crafted images per forward pass
 
@@ -126,3 +144,9 @@ def _images(cols: dict, kind: str, eps, class_a, class_b, x, pred, conf) -> None
         cols["channels"].append(channels)
         cols["height"].append(height)
         cols["width"].append(width)
+
+
+COLUMNS = (
+    ("target_rate", pa.float64(), "metric", "crafted: fraction of the crafted images x0 + eps sign(x1) classified as x1's class (`robust_acc`: as x0's)"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

@@ -23,10 +23,36 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated, Literal
 
+import pyarrow as pa
 import torch
+from pydantic import Field
 
+from study.names import DISTANCE_NORMS
+from study.registry import Entry, Evaluator
 from study.seeds import stream_seed
+from study.spec.constraints import Quantile
+from study.types import Distinct, NotBool
+
+
+class Options(Entry):
+    """Class x class mean pairwise distances of sampled images under L0, L1, L2 and Linf, each
+    image's distance to the nearest image of another class, and per-class eps suggestions
+    (``fraction`` x the ``quantiles`` of that distribution per class): study.evaluators.distances."""
+
+    norms: Annotated[list[Literal[DISTANCE_NORMS]], Field(min_length=1), Distinct] = list(DISTANCE_NORMS)
+    per_class: Annotated[list[Annotated[int, NotBool, Field(ge=2)]], Field(min_length=1), Distinct] = [100]  # images sampled per class
+    quantiles: Annotated[list[Quantile], Field(min_length=1), Distinct] = [0.1, 0.5]
+    fraction: Annotated[float, NotBool, Field(gt=0, le=1)] = 0.5
+    split: Literal["train", "test"] = "train"
+
+    def uses_training_split(self) -> bool:
+        return self.split == "train"
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.norms) * len(self.per_class) * len(self.quantiles)
+
 
 NORM_P = {"l0": 0.0, "l1": 1.0, "l2": 2.0, "linf": math.inf}
 
@@ -159,3 +185,12 @@ def evaluate(ctx, axes) -> list[dict]:
 def _append(cols: dict, **values) -> None:
     for k, v in values.items():
         cols[k].append(v)
+
+
+COLUMNS = (
+    ("within_smaller_rate", pa.float64(), "metric", "distances: fraction of classes whose within-class mean distance is below their mean distance to every other class"),
+    ("nearest_other_mean", pa.float64(), "metric", "distances: mean over the sampled images of the distance to the nearest sampled image of another class"),
+    ("eps_min", pa.float64(), "metric", "distances: the smallest per-class eps suggestion (`eps` is their mean over classes)"),
+    ("eps_max", pa.float64(), "metric", "distances: the largest per-class eps suggestion"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

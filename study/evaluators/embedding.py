@@ -18,17 +18,88 @@ by a metric it was not trained against.
 from __future__ import annotations
 
 import time
+from typing import Annotated, Optional
 
+import pyarrow as pa
 import torch
+from pydantic import Field, model_validator
 
 from study import attacks, norms
 from study.attacks.embedding import EmbeddingPGD
 from study.evaluators import distances
 from study.evaluators.robustness import default_batch_rows
+from study.norms import L2, Linf
+from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
-from study.norms import L2, Linf
+from study.spec.constraints import NormAxes, NormName, eps_bound
 from study.train import predict
+from study.types import Distinct, NotBool, PosFloat, PosInt
+
+
+class _Attacks(Entry):
+    """The attacks measured in a triplet embedding (study.evaluators.embedding)."""
+
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1, 0.25, 0.5, 1.0]  # embedding-space L2 radii (unit-norm embeddings: at most 2)
+    steps: PosInt = 40  # embedding-space PGD iterations
+    step_size: PosFloat = 0.01  # input-space sign step per iteration (absolute, pixels in [0, 1])
+    bisection_steps: PosInt = 12  # halvings of the scale along the perturbation when a step leaves the ball
+    input_attacks: Annotated[dict[NormName, NormAxes], Field(min_length=1)] = {"linf": NormAxes(eps=[0.3]), "l2": NormAxes(eps=[4.5])}
+    input_steps: PosInt = 40  # PGD iterations of the input-space attacks
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for name, axes in self.input_attacks.items():
+            eps_bound(name, axes.eps, f"input_attacks.{name}.eps")
+        return self
+
+    def pair_rows(self) -> int:
+        """Rows per (embedding, attacked model): embedding-space PGD per eps, and per input
+        attack and eps, its share inside each eps."""
+        return len(self.eps) * (1 + sum(len(a.eps) for a in self.input_attacks.values()))
+
+
+class Options(_Attacks):
+    """Epsilon measured in a metric-learned embedding (models with one: triplet): nearest-neighbour
+    accuracy, within- and between-class embedding distances, PGD constrained to
+    ||e(x') - e(x)||_2 <= eps in embedding space (projection by bisection along the perturbation),
+    and how many input-space PGD adversaries stay inside that ball, all against the model's own
+    classifier: study.evaluators.embedding. Trials of models without an embedding skip it."""
+
+    per_class: Annotated[int, NotBool, Field(ge=2)] = 100  # images per class for the distance distributions
+    n_points: Optional[PosInt] = 500  # attack the first n evaluation points (all when null)
+
+    def some_model_needs(self) -> frozenset[str]:
+        return frozenset({"embedding"})  # models without one are skipped
+
+    def uses_training_split(self) -> bool:
+        return True  # 1-NN accuracy and distance distributions over training embeddings
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1 + self.pair_rows()
+
+
+class TransferOptions(_Attacks):
+    """Every model of the study measured in every triplet embedding of it, run once after the
+    trials (study.evaluators.embedding.transfer): each model attacked by PGD constrained to
+    ||e(x') - e(x)||_2 <= eps in the embedding e, and each model's input-space PGD adversaries
+    with the share that stays inside each embedding ball."""
+
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.25, 0.5, 1.0]
+    n_points: Optional[PosInt] = 200  # the first n evaluation points (all when null)
+
+    scope = "study"
+
+    def some_model_needs(self) -> frozenset[str]:
+        return frozenset({"embedding"})
+
+    def n_rows(self, linear_binary: bool = False) -> int:
+        return 0  # its rows are written after the trials
+
+    def study_rows(self, capabilities: list[frozenset[str]]) -> int:
+        embeddings = sum("embedding" in c for c in capabilities)
+        return embeddings * len(capabilities) * self.pair_rows()  # every (embedding, model) pair
+
 
 HIST_BINS = 80  # over [0, 2]: distances between unit vectors
 
@@ -75,13 +146,13 @@ def evaluate(ctx, axes) -> list[dict]:
     return rows
 
 
-def transfer(members, x, y, axes, seed: int) -> list[dict]:
-    """The study evaluator ``embedding-transfer``: every model (``members``, as
-    study.evaluators.transfer) attacked and measured in every member's embedding. One set of
-    rows per (embedding, model) pair; the row's trial is the attacked model's, ``source_trial_id``
-    the embedding's."""
-    n = axes.n_points or len(y)
-    x, y = x[:n], y[:n]
+def transfer(ctx, axes: TransferOptions) -> list[dict]:
+    """The study evaluator ``embedding-transfer``: every model of the study attacked and
+    measured in every model's embedding. One set of rows per (embedding, model) pair; the row's
+    trial is the attacked model's, ``source_trial_id`` the embedding's."""
+    members, seed = ctx.members, ctx.seed
+    n = axes.n_points or len(ctx.y)
+    x, y = ctx.x[:n], ctx.y[:n]
     rows = []
     for metric in [m for m in members if hasattr(m.model, "embed")]:
         for target in members:
@@ -183,3 +254,12 @@ def _write_distances(ctx, d, ys, matrix) -> None:
         cols["bin_hi"] += edges[1:].tolist()
         cols["count"] += counts.long().tolist()
     ctx.write_artifact("embedding_distances", cols)
+
+
+COLUMNS = (
+    ("knn_acc", pa.float64(), "metric", "embedding: 1-nearest-neighbour accuracy in the embedding (evaluation images against the training images)"),
+    ("inside_rate", pa.float64(), "metric", "embedding: fraction of the input-space adversaries (attack, norm, eps) whose embedding stays within embed_eps of the clean point's"),
+    ("embed_dist_mean", pa.float64(), "metric", "embedding: mean ||e(x_adv) - e(x)||_2 of the successful adversaries"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+TRANSFER = Evaluator(TransferOptions, transfer, COLUMNS)

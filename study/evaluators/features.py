@@ -14,10 +14,33 @@ features an architecture picks up.
 
 from __future__ import annotations
 
-import torch
+from study.evaluators import StudyEvalContext, transfer
+from study.registry import Evaluator
+from study.spec.constraints import NormName
+from study.spec.evaluation import AttackSpec
 
-from study.evaluators import transfer
+
+class Options(transfer.Options):
+    """Transfer from the study's standard source model (``features.standard``, the one D_NR,
+    D_rand and D_det are built from): its adversarial examples classified by every trial's
+    model, run once after the trials (study.evaluators.features). Ilyas et al. relate this rate
+    to how well each architecture learns from D_rand / D_det."""
+
+    attack: AttackSpec = AttackSpec(name="pgd", steps=20)
+    norm: NormName = "l2"
+
+    def uses_training_split(self) -> bool:
+        return True  # its standard source model trains on it
+
+    def uses_feature_sources(self) -> bool:
+        return True
+
+    def study_rows(self, capabilities: list[frozenset[str]]) -> int:
+        return len(capabilities) * len(self.eps)  # every (target, eps)
 
 
-def evaluate(source: transfer.Member, members: list[transfer.Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int) -> list[dict]:
-    return transfer.evaluate(members, x, y, axes, seed, sources=[source])
+def evaluate(ctx: StudyEvalContext, options: Options) -> list[dict]:
+    return transfer.rows(ctx.members, ctx.x, ctx.y, options, ctx.seed, sources=[ctx.standard_source()])
+
+
+EVALUATOR = Evaluator(Options, evaluate)

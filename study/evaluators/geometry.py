@@ -16,12 +16,45 @@ and test points projected on the plane spanned by c1 - c0 and w, with the decisi
 from __future__ import annotations
 
 import math
+from typing import Annotated, Optional
 
+import pyarrow as pa
 import torch
+from pydantic import Field
 
 from study import geometry, models
+from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
+from study.spec.constraints import NormName, Strict
+from study.types import Distinct, NotBool, PosInt
+
+
+class Bisection(Strict):
+    """Minimal eps per point by bisection on eps, each round one batched PGD run."""
+
+    steps: PosInt = 50
+    iters: PosInt = 14  # halvings of each point's bracket: about 1e-4 of the starting range
+    restarts: PosInt = 1
+    n_points: Optional[PosInt] = None  # bisect the first n correctly classified points (all when null)
+
+
+class Options(Entry):
+    """Boundary tilting and minimal perturbations (study.evaluators.geometry). The closed forms
+    need a linear two-class model; the PGD bisection runs on any model."""
+
+    norms: Annotated[list[NormName], Field(min_length=1), Distinct] = ["l2", "linf"]
+    bisection: Optional[Bisection] = Bisection()  # null: closed forms only
+    plane_points: Annotated[int, NotBool, Field(ge=0)] = 400  # per split, projected on the tilting plane
+    perturbation_points: Annotated[int, NotBool, Field(ge=0, le=16)] = 3  # test images kept with their minimal L2 perturbation
+
+    def uses_training_split(self) -> bool:
+        return True  # class centroids and the tilting plane of the training split
+
+    def n_rows(self, linear_binary: bool) -> int:
+        methods = (2 if linear_binary else 0) + (self.bisection is not None)
+        return methods * len(self.norms)
+
 
 BOX_LIMIT = {"linf": 1.0}  # the largest useful radius: the box's Linf diameter; L2: sqrt(d)
 
@@ -106,3 +139,13 @@ def _write_perturbations(ctx, axes, w, b, xc) -> None:
             cols["width"].append(width)
             cols["l2"].append(float(dist[i]))
     ctx.write_artifact("perturbation", cols)
+
+
+COLUMNS = (
+    ("theta_deg", pa.float64(), "metric", "geometry, linear two-class models: tilting angle between w and the nearest-centroid direction c1 - c0 (training set), degrees"),
+    ("centroid_dist", pa.float64(), "metric", "geometry: ||c1 - c0||_2, the distance between the two training-class centroids"),
+    ("d_adv_pred", pa.float64(), "metric", "geometry: Tanay's predicted adversarial distance 1/2 ||c1 - c0|| cos(theta)"),
+    ("min_eps_mean", pa.float64(), "metric", "geometry: mean minimal perturbation (in `norm`) that changes the prediction, over the correctly classified points it could change"),
+    ("min_eps_median", pa.float64(), "metric", "geometry: median minimal perturbation"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

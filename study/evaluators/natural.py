@@ -17,14 +17,57 @@ at the largest budget: found, latent distance, queries) and ``natural_images`` (
 
 from __future__ import annotations
 
+import itertools
 import time
+from typing import Annotated, Literal, Optional
 
+import pyarrow as pa
 import torch
+from pydantic import Field, model_validator
 
 from study.attacks.latent import LatentResult, LatentSearch
-from study.seeds import stream_seed
+from study.names import LATENT_KINDS
 from study.norms import L2, Linf
+from study.registry import Entry, Evaluator
+from study.seeds import stream_seed
+from study.spec.evaluation import LatentSearchSpec
 from study.train import predict
+from study.types import Distinct, NotBool, PosFloat, PosInt
+
+
+class Options(Entry):
+    """Natural adversaries (study.evaluators.natural): latent-space searches around I(x) for the
+    correctly classified points, per search kind x samples per round x dr x round budget."""
+
+    search: Annotated[list[Literal[LATENT_KINDS]], Field(min_length=1), Distinct] = list(LATENT_KINDS)
+    samples: Annotated[list[PosInt], Field(min_length=1), Distinct] = [64]
+    rounds: Annotated[list[PosInt], Field(min_length=1), Distinct] = [1, 3, 10, 30, 100]  # budgets: one search, stopped after each
+    dr: Annotated[list[PosFloat], Field(min_length=1), Distinct] = [0.1]
+    h0: PosFloat = 10.0  # hybrid: the first coarse range
+    stop: PosInt = 5  # hybrid: rounds without improvement that end a phase
+    n_points: Optional[PosInt] = 200  # search from the first n evaluation points (all when null)
+    examples: Annotated[int, NotBool, Field(ge=0, le=16)] = 8  # points kept as images (x, G(I(x)), adversary)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for i, dr in enumerate(self.dr):
+            if self.h0 <= dr and "hybrid" in self.search:
+                raise ValueError(f"dr[{i}]: must be < h0 ({self.h0:g}) for the hybrid search")
+        return self
+
+    def searches(self):
+        """One LatentSearchSpec per (kind, samples, dr), run to the largest budget."""
+        for kind, n, dr in itertools.product(self.search, self.samples, self.dr):
+            yield LatentSearchSpec(kind=kind, samples=n, rounds=max(self.rounds), dr=dr, h0=self.h0, stop=self.stop)
+
+    def uses_training_split(self) -> bool:
+        return True  # the generative model trains on it
+
+    def uses_generative(self) -> bool:
+        return True
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return len(self.search) * len(self.samples) * len(self.dr) * len(self.rounds)
 
 
 def search(classify, generative, x, y, spec, seed: int, budgets=None, max_rows: int = 4096) -> dict[int, LatentResult]:
@@ -145,3 +188,12 @@ def _write_images(ctx, k: int, x, y, recon, searches, g, index: list[int]) -> No
                 cols["height"].append(height)
                 cols["width"].append(width)
     ctx.write_artifact("natural_images", cols)
+
+
+COLUMNS = (
+    ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space)"),
+    ("latent_dist_median", pa.float64(), "metric", "natural: median latent distance"),
+    ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
+    ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

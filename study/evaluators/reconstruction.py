@@ -10,10 +10,35 @@ the projection), as in the source text.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from study import mc
 from study.evaluators import inputs
+from study.registry import Entry, Evaluator
+from study.spec.evaluation import InputSet
 from study.train import predict
+from study.types import PosInt
+
+
+class Options(Entry):
+    """The reconstruction defense (study.evaluators.reconstruction): accuracy on each input set
+    (clean, and each attack at each eps) as it is and projected through G(I(.))."""
+
+    inputs: list[InputSet] = [InputSet(attack="fgsm", norm="linf", eps=[0.1, 0.3])]
+    n_points: Optional[PosInt] = None  # the first n evaluation points (all when null)
+    eot_samples: PosInt = 10  # stochastic models: MC samples per attack query
+
+    def uses_training_split(self) -> bool:
+        return True  # the generative model trains on it
+
+    def uses_generative(self) -> bool:
+        return True
+
+    def attack_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return 1 + sum(s.n_sets() for s in self.inputs)
 
 
 def evaluate(ctx, axes) -> list[dict]:
@@ -46,3 +71,6 @@ def evaluate(ctx, axes) -> list[dict]:
             eval_s=craft_s + time.perf_counter() - start,
         ))
     return rows
+
+
+EVALUATOR = Evaluator(Options, evaluate)

@@ -28,19 +28,120 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Annotated, Literal, Optional, Union
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
-from study import mc, norms, objectives
+from study import attacks, mc, norms, objectives
 from study.attacks.apgd import APGD
 from study.attacks.cw import CarliniWagnerL2
 from study.attacks.gradient import AttackResult, GradientAttack, frozen
+from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
+from study.attacks.presets import PRESETS
 from study.evaluators import distances
 from study.norms import L2, Linf
+from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
+from study.spec.constraints import NormAxes, NormName, Strict, eps_bound
+from study.spec.evaluation import AttackSpec, own_options
 from study.train import predict
+from study.types import Distinct, NotBool, PosInt
+
+
+class Options(Entry):
+    """Robust accuracy under each attack at each (norm, eps), and the `worst` case per point over
+    them (study.evaluators.robustness). ``attacks``: a preset (study.attacks.presets: autoattack,
+    autoattack-fast) or a list of attacks. With ``cascade`` (a preset's default) each attack only
+    attacks the points every earlier one left robust, as AutoAttack runs them: its rows then count
+    the points it broke that earlier ones did not, and its robust accuracy is the ensemble's so far."""
+
+    attacks: Union[Literal[tuple(PRESETS)], Annotated[list[AttackSpec], Field(min_length=1)]] = DEFAULT_ATTACKS
+    cascade: Optional[bool] = None  # default: true for a preset, false for a list (each attack alone)
+    norms: Annotated[dict[NormName, NormAxes], Field(min_length=1)]
+    eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
+    batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
+    per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_options(cls, data):
+        return own_options(data, "attacks", "[fgsm, {name: pgd, steps: 20}]")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        names = [a.name for a in self.attack_list()]
+        if len(set(names)) != len(names) and len({a.describe() for a in self.attack_list()}) != len(names):
+            raise ValueError("attacks: the same attack with the same options twice")
+        for name, axes in self.norms.items():
+            eps_bound(name, axes.eps, f"norms.{name}.eps")
+        if self.cascade is None:
+            self.cascade = isinstance(self.attacks, str)
+        if self.per_class_eps is not None:
+            if self.per_class_eps.norms is None:
+                self.per_class_eps.norms = list(self.norms)
+            if any(a in attacks.NORM_FREE for a in names):
+                raise ValueError("per_class_eps: cw searches in L2 once per model, for no eps; list the attacks without it")
+        return self
+
+    def attack_list(self) -> list[AttackSpec]:
+        """The attacks in running order (a preset expanded)."""
+        return [AttackSpec.model_validate(a) for a in PRESETS[self.attacks]] if isinstance(self.attacks, str) else self.attacks
+
+    def ensemble(self) -> str:
+        """The `worst` rows' attacks, with every setting: the identity of their ensemble."""
+        return "; ".join(a.describe() for a in self.attack_list())
+
+    def row_points(self) -> list[tuple]:
+        """The key of every row a trial writes (study.results.KEY_COLUMNS' evaluation part, as
+        the evaluator fills it): for each norm and eps, each attack and `worst`."""
+        names = "+".join(a.name for a in self.attack_list())
+        eot = self.eot_samples
+        out = []
+        per_attack = [(a.name, a.describe(), names) for a in self.attack_list()]
+        for norm, axes in self.norms.items():
+            for eps in axes.eps:
+                for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
+                    out.append((name, described, ens, self.cascade, norm, float(eps), eot, None))
+        if self.per_class_eps is not None:
+            pc = self.per_class_eps
+            for norm in pc.norms:
+                for q in pc.quantiles:
+                    for rule in ("per-class", "uniform"):
+                        for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
+                            out.append((name, described, ens, self.cascade, norm, None, eot, (q, pc.fraction, pc.per_class, rule)))
+        return out
+
+    def uses_training_split(self) -> bool:
+        return self.per_class_eps is not None  # per-class eps come from training-image distances
+
+    def attack_names(self) -> list[str]:
+        return [a.name for a in self.attack_list()]
+
+    def n_rows(self, linear_binary: bool = False) -> int:
+        """Rows per trial: every attack at every eps, plus one `worst` row per (norm, eps); with
+        per_class_eps, per (norm, quantile) the per-class and the uniform rule, each per attack
+        and worst."""
+        return len(self.row_points())
+
+    def metric_names(self) -> set[str]:
+        return {
+            f"robust_acc@{a}-{n}-{e:g}" for n, axes in self.norms.items() for e in axes.eps for a in [*(a.name for a in self.attack_list()), "worst"]
+        }
+
+
+class PerClassEps(Strict):
+    """Robustness at a per-class eps: each class c gets eps_c = fraction * the q-quantile of its
+    training images' distances to the nearest image of another class (study.evaluators.distances,
+    the same sample), next to one uniform eps with the same mean over the evaluated points."""
+
+    quantiles: Annotated[list[Annotated[float, NotBool, Field(ge=0, le=1)]], Field(min_length=1), Distinct] = [0.1, 0.5]
+    fraction: Annotated[float, NotBool, Field(gt=0, le=1)] = 0.5
+    per_class: Annotated[int, NotBool, Field(ge=2)] = 100  # training images sampled per class
+    norms: Optional[Annotated[list[NormName], Field(min_length=1), Distinct]] = None  # default: the evaluator's norms
 
 
 def evaluate(ctx, axes) -> list[dict]:
@@ -324,3 +425,10 @@ def _rows(norm_name, eps_list, grid, after, counted, deltas, queries, n, clean_a
                 row["queries_mean"] = float(queries[:, j][queries[:, j] > 0].float().mean())
         out.append(row)
     return out
+
+
+COLUMNS = (
+    ("vanishing_grad", pa.float64(), "metric", "robustness: share of the attacked points whose cross-entropy input gradient is exactly 0 at x (a saturated softmax: a cross-entropy gradient attack cannot take its first step there)"),
+    ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

@@ -14,31 +14,64 @@ per (source, target, eps), its trial being the target's:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
+import pyarrow as pa
 import torch
+from pydantic import Field, model_validator
 
-from study import norms
+from study import attacks, norms
+from study.evaluators import Member, StudyEvalContext
+from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
+from study.spec.constraints import NormName, eps_bound
+from study.spec.evaluation import AttackSpec, own_options
 from study.train import predict
+from study.types import Distinct, PosFloat
 
 
-@dataclass
-class Member:
-    """One trained model of the study."""
+class Options(Entry):
+    """Adversarial examples crafted on every trained model of the study and classified by every
+    other: run once after all trials (study.evaluators.transfer)."""
 
-    trial_id: str
-    label: str
-    model: torch.nn.Module
+    attack: AttackSpec = AttackSpec(name="fgsm")
+    norm: NormName = "linf"
+    eps: Annotated[list[PosFloat], Field(min_length=1), Distinct]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_options(cls, data):
+        return own_options(data, "attack", "{name: pgd, steps: 20}")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        eps_bound(self.norm, self.eps, "eps")
+        if self.attack.name in attacks.NO_FINAL_ITERATE:
+            raise ValueError(f"attack: {self.attack.name} keeps no final iterate per point to transfer; use pgd, apgd-ce, fab-t or square")
+        if self.attack.name not in attacks.ATTACKS:
+            raise ValueError(f"attack: {self.attack.name}: an attack of yours runs in the robustness evaluator's attacks list")
+        return self
+
+    scope = "study"
+
+    def n_rows(self, linear_binary: bool = False) -> int:
+        return 0  # its rows are written after the trials
+
+    def study_rows(self, capabilities: list[frozenset[str]]) -> int:
+        return len(capabilities) ** 2 * len(self.eps)  # every (source, target, eps)
 
 
-def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int, batch: int = 1024, sources: list[Member] | None = None) -> list[dict]:
+def evaluate(ctx: StudyEvalContext, options: Options) -> list[dict]:
+    return rows(ctx.members, ctx.x, ctx.y, options, ctx.seed)
+
+
+def rows(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: int, batch: int = 1024, sources: list[Member] | None = None) -> list[dict]:
     """Rows for every (source, target in ``members``, eps); the sources are the members unless given."""
     attack = axes.attack.build()
     norm = norms.get(axes.norm)
     clean = {m.trial_id: (predict(m.model, x) == y).float().mean().item() for m in members}
-    rows = []
+    out = []
     for eps in sorted(axes.eps):
         for source in members if sources is None else sources:
             rng = PointRNG.for_points(stream_seed(seed, source.trial_id, eps), len(x), x.device)
@@ -48,7 +81,7 @@ def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed
                 pred = source_pred if target is source else predict(target.model, x_adv)
                 wrong = pred != y
                 both = wrong & (source_pred != y)
-                rows.append(dict(
+                out.append(dict(
                     evaluator=axes.evaluator,
                     trial_id=target.trial_id,
                     attack=axes.attack.name,
@@ -65,5 +98,10 @@ def evaluate(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed
                     transfer_error=wrong.float().mean().item(),
                     agreement=(pred[both] == source_pred[both]).float().mean().item() if both.any() else None,
                 ))
-    return rows
+    return out
 
+
+COLUMNS = (
+    ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)

@@ -19,15 +19,54 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated, Optional
 
 import numpy as np
+import pyarrow as pa
 import torch
+from pydantic import Field
 from scipy.stats import rankdata
 
 from study import mc
 from study.evaluators import inputs
-from study.seeds import stream_seed
 from study.norms import L2, Linf
+from study.registry import Entry, Evaluator
+from study.seeds import stream_seed
+from study.spec.evaluation import InputSet
+from study.types import Distinct, PosInt
+
+
+class Options(Entry):
+    """MC-dropout uncertainty (study.evaluators.uncertainty): per input set (clean, and each
+    attack at each eps) and per number of MC samples T: accuracy, mutual information, softmax
+    variance, their ratio to a separate clean baseline set, and clean-vs-adversarial detection
+    AUROC by each."""
+
+    mc_samples: Annotated[list[PosInt], Field(min_length=1), Distinct] = [1, 2, 5, 10, 20, 50, 100]
+    inputs: list[InputSet] = []
+    baseline: PosInt = 300  # the first `baseline` evaluation images: the separate clean baseline set
+    eot_samples: PosInt = 10  # MC samples per attack query (expectation over transformation)
+    max_rows: Optional[PosInt] = None  # rows (input x sample) per MC forward pass; null: 256 on CPU, 16384 on GPU
+
+    def every_model_needs(self) -> frozenset[str]:
+        return frozenset({"stochastic"})
+
+    def uses_training_split(self) -> bool:
+        return any(s.name == "natural" for s in self.inputs)  # the generative model trains on it
+
+    def uses_generative(self) -> bool:
+        return any(s.name == "natural" for s in self.inputs)
+
+    def attack_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    def data_problem(self, n_eval: int, n_classes: int) -> str | None:
+        if self.baseline >= n_eval:
+            return f"baseline: {self.baseline} baseline images leave none of the {n_eval} evaluation images to attack (lower baseline or raise data.n_eval)"
+        return None
+
+    def n_rows(self, linear_binary: bool) -> int:
+        return (1 + sum(s.n_sets() for s in self.inputs)) * len(self.mc_samples)
 
 
 def evaluate(ctx, axes) -> list[dict]:
@@ -133,3 +172,18 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
     auc = float(v_pos.mean())
     var = v_pos.var(ddof=1) / m + v_neg.var(ddof=1) / n if m > 1 and n > 1 else math.nan
     return auc, float(math.sqrt(var))
+
+
+COLUMNS = (
+    ("n_baseline", pa.int64(), "metric", "uncertainty: images in the separate clean baseline set (the first evaluation images; the input sets use the rest)"),
+    ("mi_mean", pa.float64(), "metric", "uncertainty: mean mutual information H[mean_t p_t] - mean_t H[p_t] over the input set (nats)"),
+    ("mi_median", pa.float64(), "metric", "uncertainty: median mutual information"),
+    ("smv_mean", pa.float64(), "metric", "uncertainty: mean softmax variance sum_c var_t p_t(c) (population variance over the T samples)"),
+    ("mi_rel", pa.float64(), "metric", "uncertainty: mi_mean / the clean baseline set's mean MI at the same T (null when that is 0)"),
+    ("smv_rel", pa.float64(), "metric", "uncertainty: smv_mean / the clean baseline set's mean SMV at the same T"),
+    ("auroc_mi", pa.float64(), "metric", "uncertainty: AUROC of MI separating this input set from the clean inputs of the same points (0.5: no better than chance)"),
+    ("auroc_mi_se", pa.float64(), "metric", "uncertainty: standard error of auroc_mi (DeLong)"),
+    ("auroc_smv", pa.float64(), "metric", "uncertainty: AUROC of SMV, clean vs this input set"),
+    ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
+)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
