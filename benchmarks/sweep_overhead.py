@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import polars as pl  # noqa: E402
 
-from study import data  # noqa: E402
+from study import data, planning  # noqa: E402
 from study.spec import parse_spec  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def direct(spec, ds) -> float:
     torch.set_num_threads(1)
     ctx = StudyContext(spec=spec, results_uri=absolute(spec.results_uri), store_uri=absolute(spec.store_uri))
     start = time.perf_counter()
-    for cfg in spec.grid_configs():
+    for cfg in planning.grid_configs(spec):
         run_trial(cfg, ds, ctx, report=lambda metrics: None)
     return time.perf_counter() - start
 

@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from study import fsio
+from study import fsio, planning
 from study.spec import StudySpec
 
 PARETO_FILE = "optuna-pareto.json"
@@ -32,7 +32,7 @@ def param_space(spec: StudySpec) -> dict:
         "loguniform": lambda v: tune.loguniform(*v),
         "randint": lambda v: tune.randint(*v),
     }
-    choices = spec.tune_choices()
+    choices = planning.tune_choices(spec)
     return {
         n: a.values[0] if a.kind == "value" else domain[a.kind](list(choices[n]) if n in choices else a.values)
         for n, a in spec.train.items()
@@ -106,7 +106,7 @@ def scheduler(spec: StudySpec):
         time_attr="epoch",
         metric=sched.metric,
         mode=sched.mode,
-        max_t=spec.max_epochs() + 1,
+        max_t=planning.max_epochs(spec) + 1,
         grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor,
     )

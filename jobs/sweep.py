@@ -23,7 +23,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from study import __version__, data, features, fsio, imports, preflight, results
+from study import __version__, data, features, fsio, imports, planning, preflight, results
 from study.data import DataError
 from study.spec import SpecError, StudySpec, TrainConfig, load_spec
 from study.generative import generative_key
@@ -117,8 +117,8 @@ def _first_difference(a, b, where: str = "") -> str | None:
 
 
 def plan(spec: StudySpec, ds: data.Dataset) -> dict:
-    configs = spec.grid_configs()
-    out = {"trials": spec.n_trials(), "rows": spec.expected_rows()}
+    configs = planning.grid_configs(spec)
+    out = {"trials": planning.n_trials(spec), "rows": planning.expected_rows(spec)}
     if configs is not None:
         store = ModelStore(spec.store_uri)
         trained = [c for c in configs if c.get("checkpoint") is None]
@@ -215,7 +215,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     study_rows, n_study = (), 0
     after = [e.evaluator for e in spec.evaluate if e.scope == "study"]
     if after and finished:
-        configs = [spec.resolve(spec.decode(r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
+        configs = [planning.resolve(spec, planning.decode(spec, r.config)) for r, t in zip(grid, trials) if t["status"] == "TERMINATED"]
         print(f"{', '.join(after)}: over the {len(configs)} models of the study", flush=True)
         # A Ray task with a trial's resources: on a cluster it runs on a worker, not the head.
         task = ray.remote(run_study_evaluators).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)

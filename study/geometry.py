@@ -56,7 +56,7 @@ def _affine(w, b, x):
 def min_perturbation_free(w: torch.Tensor, b, x: torch.Tensor, norm_name: str) -> torch.Tensor:
     """Distance (N,) from each x to the hyperplane w.x + b = 0, no box: |f(x)| / ||w||_q, q dual."""
     _, w64, f = _affine(w, b, x)
-    dual = {"l2": 2, "linf": 1}[norms.get(norm_name).name]
+    dual = norms.get(norm_name).dual
     return (f.abs() / torch.linalg.vector_norm(w64, dual)).to(x.dtype)
 
 

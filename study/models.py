@@ -38,20 +38,31 @@ class Registered:
     binary: bool = False  # separates exactly two classes (needs a two-class data filter)
     linear: bool = False  # logits affine in the input: closed-form geometry on two classes
     stochastic: bool = False  # MC dropout kept on at prediction (study.mc)
+    embedding: bool = False  # a model of the user's with ``embed(x)`` (a triplet model has one by its objective)
 
     def params(self) -> set[str]:
         return set(inspect.signature(self.factory).parameters) & set(MODEL_PARAMS)
 
     @property
     def embeds(self) -> bool:
-        """Whether the model has a metric-learned embedding (``embed``): triplet."""
-        return self.objective == "triplet"
+        """Whether the model has a metric-learned embedding (``embed``): triplet, or a model of
+        the user's that declares one."""
+        return self.objective == "triplet" or self.embedding
 
     @property
     def capabilities(self) -> frozenset[str]:
         """What evaluators may need of a model (an entry's ``every_model_needs`` /
         ``some_model_needs``): ``stochastic``, ``embedding``."""
-        return frozenset(c for c, has in (("stochastic", self.stochastic), ("embedding", self.embeds)) if has)
+        return frozenset(c for c, has in (("stochastic", self.stochastic), ("embedding", self.embeds), ("linear", self.linear)) if has)
+
+
+# What a model of the user's may declare (``capabilities = ("stochastic",)`` on its class or
+# factory), each checked on the built model before Ray starts (study.preflight).
+CAPABILITIES = {
+    "stochastic": "MC dropout kept on at prediction (study.mc.MCDropout layers)",
+    "embedding": "an embedding, model.embed(x)",
+    "linear": "logits affine in the input (the geometry evaluator's closed forms on two classes)",
+}
 
 
 MODELS: dict[str, Registered] = {}
@@ -92,7 +103,10 @@ def _imported(path: str) -> Registered:
         return model
 
     factory.target = fn
-    return Registered(factory)
+    declared = getattr(fn, "capabilities", ())
+    if isinstance(declared, str) or not all(c in CAPABILITIES for c in declared):
+        raise ValueError(f"{path}: capabilities must list some of {', '.join(CAPABILITIES)}, got {declared!r}")
+    return Registered(factory, stochastic="stochastic" in declared, linear="linear" in declared, embedding="embedding" in declared)
 
 
 def _has_signature(fn) -> bool:

@@ -2,14 +2,21 @@
 
 Every method takes a per-sample ``eps`` tensor of shape (N,), so one batched call covers a
 whole epsilon grid (each row of the batch may carry its own radius). Random draws come from a
-``study.rng.PointRNG``, so a point's draw does not depend on its batch or device. Adding a norm
-touches this file only: write the methods and register it in ``NORMS``.
+``study.rng.PointRNG``, so a point's draw does not depend on its batch or device.
+
+A norm is one complete object: its exponent and its dual's (what a linearised boundary's
+distance divides by), its largest meaningful eps (the spec checks every radius against it), its
+projection, ascent direction and uniform ball sample (what the attacks need), its measure, and
+the perturbation-size columns every evaluator that reports sizes writes for it
+(``size_columns``, ``sizes``). Adding a norm touches this file only: write the object and
+register it in ``NORMS``; the spec accepts it, and the results schema gains its columns.
 """
 
 from __future__ import annotations
 
 import math
 
+import pyarrow as pa
 import torch
 
 from study.rng import PointRNG
@@ -22,6 +29,14 @@ def _per_sample(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _Norm:
     @classmethod
+    def size_columns(cls) -> tuple:
+        """The perturbation-size columns (study.results: name, type, group, meaning)."""
+        return (
+            (f"{cls.name}_mean", pa.float64(), "metric", f"mean {cls.label} norm of the successful perturbations (null if none)"),
+            (f"{cls.name}_median", pa.float64(), "metric", f"median {cls.label} norm of the successful perturbations"),
+        )
+
+    @classmethod
     def random_start(cls, rng: PointRNG, shape, eps: torch.Tensor, *tags) -> torch.Tensor:
         """A point uniform in each row's eps-ball (the unit-ball sample scaled by eps)."""
         u = cls.unit_ball_sample(rng, shape, *tags, dtype=eps.dtype)
@@ -29,8 +44,9 @@ class _Norm:
 
 
 class Linf(_Norm):
-    name = "linf"
+    name, label = "linf", "Linf"
     p = math.inf
+    dual = 1.0  # ||w||_1: the Linf distance to a hyperplane w.x + b = 0 is |f(x)| / ||w||_1
     max_eps = 1.0  # inputs lie in [0, 1]: a larger radius is a typo, not a threat model
 
     @staticmethod
@@ -53,8 +69,9 @@ class Linf(_Norm):
 
 
 class L2(_Norm):
-    name = "l2"
+    name, label = "l2", "L2"
     p = 2.0
+    dual = 2.0
     max_eps = None  # the box's diameter depends on the input size
 
     @staticmethod
@@ -90,6 +107,16 @@ class L2(_Norm):
 
 
 NORMS = {n.name: n for n in (Linf, L2)}
+
+
+def measures(delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each perturbation's size (N,) in every norm, by norm name."""
+    return {n.name: n.measure(delta) for n in NORMS.values()}
+
+
+def sizes(delta: torch.Tensor, stats: tuple[str, ...] = ("mean", "median")) -> dict[str, float]:
+    """The size columns of perturbations ``delta`` (N, ...), N > 0: ``l2_mean``, ``linf_median``, ..."""
+    return {f"{name}_{stat}": float(getattr(m, stat)()) for name, m in measures(delta).items() for stat in stats}
 
 
 def get(name: str):

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from study import checkpoints, models
+from study import checkpoints, mc, models, planning
 from study.data import Dataset
 from study.spec import StudySpec, TrainConfig
 from study.train import init_model
@@ -21,12 +21,12 @@ _IDENTITY = ("model", "model_args", "normalize", "checkpoint", *models.MODEL_PAR
 def candidate_configs(spec: StudySpec) -> list[dict]:
     """Every distinct model the study can build: the grid's, or for a sampled search each model
     option with each checkpoint option."""
-    configs = spec.grid_configs()
+    configs = planning.grid_configs(spec)
     if configs is None:
         model_axis, ckpt_axis = spec.train["model"], spec.train.get("checkpoint")
         models_ = model_axis.values if model_axis.kind in ("value", "grid", "choice") else []
         ckpts = ckpt_axis.values if ckpt_axis is not None else [None]
-        configs = [spec.resolve({"model": m, **({"checkpoint": c} if c is not None else {})}) for m in models_ for c in ckpts]
+        configs = [planning.resolve(spec, {"model": m, **({"checkpoint": c} if c is not None else {})}) for m in models_ for c in ckpts]
     unique = {}
     for c in configs:
         unique.setdefault(json.dumps({k: c.get(k) for k in _IDENTITY}, sort_keys=True), c)
@@ -52,6 +52,11 @@ def check_models(spec: StudySpec, ds: Dataset, workdir: str | None = None) -> st
             except checkpoints.CheckpointError as e:
                 return str(e).replace(uri, cfg.checkpoint)
         model.eval()
+        declared = models.entry(cfg.model).capabilities
+        if "stochastic" in declared and not mc.is_stochastic(model):
+            return f"train.model: {cfg.model} declares the capability stochastic but has no study.mc.MCDropout layer with p > 0"
+        if "embedding" in declared and not callable(getattr(model, "embed", None)):
+            return f"train.model: {cfg.model} declares the capability embedding but has no embed(x) method"
         if cfg.normalize is not None and len(cfg.normalize.mean) not in (1, ds.input_shape[0]):
             return f"train.normalize: {len(cfg.normalize.mean)} channel means for {ds.input_shape[0]}-channel images"
         try:

@@ -99,10 +99,6 @@ COLUMNS = [
     ("clean_acc", pa.float64(), "metric", "accuracy on the clean evaluation points"),
     ("robust_acc", pa.float64(), "metric", "fraction of all points classified correctly after the attack"),
     ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled (in a cascade: the ensemble so far)"),
-    ("l2_mean", pa.float64(), "metric", "mean L2 norm of the successful perturbations (null if none)"),
-    ("l2_median", pa.float64(), "metric", "median L2 norm of the successful perturbations"),
-    ("linf_mean", pa.float64(), "metric", "mean Linf norm of the successful perturbations"),
-    ("linf_median", pa.float64(), "metric", "median Linf norm of the successful perturbations"),
     ("adv_confidence_mean", pa.float64(), "metric", "mean confidence (the model's probability of the class it predicts) on the successful adversarial examples"),
     ("transfer_error", pa.float64(), "metric", "transfer, features: the target's error rate on the source's adversarial examples (every evaluation point)"),
     ("queries_mean", pa.float64(), "metric", "natural, square: mean classifier queries spent per searched point (found or not)"),
@@ -129,11 +125,12 @@ GROUPS = ("identity", "training", "evaluation", "metric", "generative", "cost", 
 
 @functools.lru_cache(maxsize=1)
 def schema_columns() -> tuple:
-    """The shared columns and every built-in evaluator's own, grouped (a group's own columns
-    after its shared ones)."""
-    from study import registry
+    """The shared columns, every norm's perturbation sizes (study.norms) and every built-in
+    evaluator's own columns, grouped (a group's own columns after its shared ones)."""
+    from study import norms, registry
 
-    return tuple(sorted([*COLUMNS, *registry.builtin_columns()], key=lambda c: GROUPS.index(c[2])))
+    sizes = [c for norm in norms.NORMS.values() for c in norm.size_columns()]
+    return tuple(sorted([*COLUMNS, *sizes, *registry.builtin_columns()], key=lambda c: GROUPS.index(c[2])))
 
 
 @functools.lru_cache(maxsize=1)

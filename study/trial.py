@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import checkpoints, evaluators, features, fsio, generative, imports, models, results
+from study import checkpoints, evaluators, features, fsio, generative, imports, models, planning, results
 from study.data import Dataset
 from study.names import adversarial_name
 from study.seeds import stream_seed
@@ -153,7 +153,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     spec = study.spec
     imports.add_folders(study.code_folders)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    cfg = TrainConfig.model_validate(spec.resolve(spec.decode(config)))
+    cfg = TrainConfig.model_validate(planning.resolve(spec, planning.decode(spec, config)))
     tid = trial_id(spec.name, cfg)
     device = select_device(spec.resources.device, spec.resources.gpu)
     x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
@@ -195,7 +195,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     _fill(rows, study, cfg, tid, name, meta["train_s"], from_store, device)
     for row in rows:
         row.update(set_meta, checkpoint_sha256=meta.get("checkpoint_sha256"))
-    check_rows(rows, spec.rows_per_trial(cfg.model_dump(mode="json")), f"trial {tid} ({name})")
+    check_rows(rows, planning.rows_per_trial(spec, cfg.model_dump(mode="json")), f"trial {tid} ({name})")
     results.write_trial(study.results_uri, tid, rows)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
 
@@ -383,7 +383,7 @@ def run_study_evaluators(study: StudyContext, data: Dataset, configs: list[dict]
             _fill(mine, study, cfg, tid, trial_label, meta["train_s"], cfg.checkpoint is None, device)
             for r in mine:
                 r["checkpoint_sha256"] = meta.get("checkpoint_sha256")
-    planned = spec.study_rows(configs)
+    planned = planning.study_rows(spec, configs)
     check_rows([r for rows in by_evaluator.values() for r in rows], planned, "study evaluators")
     for name, rows in by_evaluator.items():
         if rows:

@@ -116,14 +116,14 @@ class Sweep:
         resolved training config ``pick`` accepts, loaded from the sweep's model store."""
         import torch
 
-        from study import data
+        from study import data, planning
         from study.spec import TrainConfig, load_spec
         from study.store import ModelStore, model_key
         from study.train import init_model
 
         spec = load_spec(self.spec)
         ds = data.load(spec.data)
-        cfg = next(c for c in spec.grid_configs() if pick(c))
+        cfg = next(c for c in planning.grid_configs(spec) if pick(c))
         model = init_model(TrainConfig.model_validate(cfg), ds.input_shape, ds.n_classes)
         assert ModelStore(str(self.results.parent / "store")).load(model_key(cfg, ds.fingerprint), model) is not None
         return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis.load import read_artifact
-from study import attacks, data, mc
+from study import attacks, data, mc, planning
 from study.norms import Linf
 from study.rng import PointRNG
 from study.spec import load_spec
@@ -27,7 +27,7 @@ def _unc(rows, attack, t):
 
 def test_one_row_per_input_set_and_t(bnn_sweep, rows):
     spec = load_spec(bnn_sweep.spec)
-    assert rows.height == spec.expected_rows()
+    assert rows.height == planning.expected_rows(spec)
     unc = rows.filter(pl.col("evaluator") == "uncertainty")
     assert sorted(unc.get_column("attack").unique().to_list()) == ["clean", "cw", "fgsm", "natural"]
     assert sorted(unc.get_column("mc_samples").unique().to_list()) == [1, 2, 5, 10, 20, 50, 100]

@@ -9,6 +9,7 @@ import pytest
 
 from analysis import epsilon
 from analysis.load import read_artifact
+from study import planning
 from study.spec import load_spec
 
 
@@ -18,7 +19,7 @@ def frame(epsilon_sweep):
 
 
 def test_every_row_is_written_and_labels_name_the_variant(epsilon_sweep, frame):
-    assert frame.height == load_spec(epsilon_sweep.spec).expected_rows()
+    assert frame.height == planning.expected_rows(load_spec(epsilon_sweep.spec))
     assert sorted(frame["label"].unique()) == ["cnn", "triplet margin=0.5"]
     assert frame.filter(pl.col("model") == "triplet")["margin"].unique().to_list() == [0.5]
     # Only the triplet network has an embedding.

@@ -78,6 +78,7 @@ def test_small_transfer_study_rows(transfer_sweep):
     geo = df.filter(pl.col("evaluator") == "geometry")
     assert set(geo["attack"]) == {"pgd-bisection"} and geo.height == trials
     assert geo["theta_deg"].is_null().all() and (geo["min_eps_median"] > 0).all()
+    from study import planning
     from study.spec import load_spec
 
-    assert df.height == load_spec(transfer_sweep.spec).expected_rows()
+    assert df.height == planning.expected_rows(load_spec(transfer_sweep.spec))

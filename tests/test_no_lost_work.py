@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, SPECS
+from study import planning
 from study.spec import load_spec
 
 pytestmark = pytest.mark.slow  # two sweeps killed and run again: about 80 s
@@ -71,11 +72,11 @@ def events(log: Path) -> list[tuple[str, str]]:
 def assert_complete(results: Path) -> pl.DataFrame:
     spec = load_spec(SPEC)
     df = pl.read_parquet(results / "results.parquet")
-    assert df.height == spec.expected_rows() == 24
+    assert df.height == planning.expected_rows(spec) == 24
     assert df["row_key"].n_unique() == df.height
-    assert df["trial_id"].n_unique() == spec.n_trials()
+    assert df["trial_id"].n_unique() == planning.n_trials(spec)
     manifest = json.loads((results / "manifest.json").read_text())
-    assert [t["status"] for t in manifest["trials"]] == ["TERMINATED"] * spec.n_trials()
+    assert [t["status"] for t in manifest["trials"]] == ["TERMINATED"] * planning.n_trials(spec)
     return df
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from analysis import frontier
 from conftest import SPECS, Sweep
+from study import planning
 from study.spec import load_spec
 
 POINT = (pl.col("attack") == "pgd") & (pl.col("norm") == "linf") & (pl.col("eps") == 0.1)
@@ -109,8 +110,8 @@ def test_repeats_of_a_grid_are_distinct_trials_with_their_own_seeds():
         "name": "repeats", "seed": 5, "train": {"model": {"grid": ["logreg", "mlp"]}},
         "evaluate": [{"evaluator": "rubbish"}], "search": {"kind": "grid", "num_samples": 3},
     })
-    configs = spec.grid_configs()
-    assert len(configs) == spec.n_trials() == 6
+    configs = planning.grid_configs(spec)
+    assert len(configs) == planning.n_trials(spec) == 6
     assert sorted((c["model"], c["seed"]) for c in configs) == [(m, s) for m in ("logreg", "mlp") for s in (5, 6, 7)]
     assert len({trial_id(spec.name, TrainConfig.model_validate(c)) for c in configs}) == 6
     assert "seed" in spec.label_axes()

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from study.results import SCHEMA_VERSION, schema
+from study import planning
 from study.spec import load_spec
 
 
@@ -23,7 +24,7 @@ def robust(df: pl.DataFrame, adv: bool, attack: str, norm: str, eps: float) -> f
 def test_results_have_one_row_per_trial_and_evaluation_point(numbers_sweep):
     spec = load_spec(numbers_sweep.spec)
     df = numbers_sweep.frame()
-    assert df.height == spec.expected_rows() == 2 * (5 + 3) * (2 + 1)  # trials x eps points x (attacks + worst)
+    assert df.height == planning.expected_rows(spec) == 2 * (5 + 3) * (2 + 1)  # trials x eps points x (attacks + worst)
     assert df["row_key"].n_unique() == df.height
     assert df["trial_id"].n_unique() == 2
     trial_files = sorted((numbers_sweep.results / "trials").glob("*.parquet"))
@@ -107,8 +108,8 @@ def test_shipped_specs_validate(name):
     from conftest import ROOT
 
     spec = load_spec(ROOT / "search_spaces" / name)
-    assert spec.n_trials() >= 1
-    assert spec.expected_rows() is None or spec.expected_rows() > spec.n_trials()
+    assert planning.n_trials(spec) >= 1
+    assert planning.expected_rows(spec) is None or planning.expected_rows(spec) > planning.n_trials(spec)
 
 
 def test_corrupt_stored_model_is_retrained_not_used(store_sweep, capsys):

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import spearmanr
 
 from analysis.load import read_artifact
-from study import data, geometry, models
+from study import data, geometry, models, planning
 from study.spec import DataSpec, TrainConfig, load_spec
 from study.store import ModelStore, model_key
 from study.train import init_model, predict, train
@@ -38,7 +38,7 @@ def test_theta_falls_as_lambda_grows_and_spans_both_regimes(geo):
 def test_weak_regularization_separates_the_training_pair(tilting_sweep):
     spec = load_spec(tilting_sweep.spec)
     ds = data.load(spec.data)
-    cfg = TrainConfig.model_validate(min(spec.grid_configs(), key=lambda c: c["l2"]))
+    cfg = TrainConfig.model_validate(min(planning.grid_configs(spec), key=lambda c: c["l2"]))
     model = init_model(cfg, ds.input_shape, 2)
     store = ModelStore(str(tilting_sweep.results.parent / "store"))
     assert store.load(model_key(cfg.model_dump(mode="json"), ds.fingerprint), model) is not None

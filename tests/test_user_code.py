@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from jobs import sweep
-from study import checkpoints, data, models
+from study import checkpoints, data, models, planning
 from study.spec import DataSpec
 from tests import doc_example
 
@@ -301,7 +301,7 @@ def test_a_user_evaluator_runs_with_its_options_and_adds_its_columns(mylab, tmp_
     nets, _ = mylab
     spec = parse_spec({"name": "m", "train": {"model": "cnn"}, "evaluate": [{"evaluator": "mylab.metrics:margin", "n_points": 7}]})
     entry = spec.evaluate[0]
-    assert entry.n_points == 7 and spec.expected_rows() is None and "mylab.metrics:margin" in spec.import_paths()
+    assert entry.n_points == 7 and planning.expected_rows(spec) is None and "mylab.metrics:margin" in spec.import_paths()
     model = nets.SmallResNet(num_classes=4).eval()
     x, y = torch.rand(10, 3, 32, 32), torch.arange(10) % 4
     ctx = evaluators.EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path), n_classes=4)
@@ -313,6 +313,32 @@ def test_a_user_evaluator_runs_with_its_options_and_adds_its_columns(mylab, tmp_
     table = results.to_table([{**rows[0], "trial_id": "t"}])
     assert table.schema.field("n_points").type == "int64" and table.schema.field("margin_mean").type == "double"
     assert table.schema.names[: len(results.schema())] == results.schema().names
+
+
+def test_a_user_evaluator_record_brings_its_options_row_count_and_report_section(mylab, tmp_path):
+    """docs/extending.md's full form, the one every built-in uses: an Evaluator record."""
+    import polars as pl
+
+    from analysis import sections
+    from study import evaluators, results
+    from study.spec import parse_spec
+
+    nets, _ = mylab
+    spec = parse_spec({"name": "m", "train": {"model": "cnn"}, "evaluate": [{"evaluator": "mylab.confidence:CONFIDENCE", "n_points": 5}]})
+    entry = spec.evaluate[0]
+    assert planning.rows_per_trial(spec, planning.grid_configs(spec)[0]) == 1  # it says its row count, so the sweep checks it
+    model = nets.SmallResNet(num_classes=4).eval()
+    x, y = torch.rand(10, 3, 32, 32), torch.arange(10) % 4
+    ctx = evaluators.EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path), n_classes=4)
+    rows = evaluators.run(ctx, entry)
+    with torch.no_grad():
+        top = torch.softmax(model(x[:5]), 1).max(1).values.mean().item()
+    assert rows == [{"n_eval": 5, "top_confidence": pytest.approx(top), "evaluator": "mylab.confidence:CONFIDENCE"}]
+    df = pl.from_arrow(results.to_table([{**rows[0], "trial_id": "t", "label": "resnet"}]))
+    [(title, _, table)] = sections.tables(df)
+    assert title == "Top-class confidence" and table.rows() == [("resnet", pytest.approx(top))]
+    with pytest.raises(Exception, match="n_pointz"):
+        parse_spec({"name": "m", "train": {"model": "cnn"}, "evaluate": [{"evaluator": "mylab.confidence:CONFIDENCE", "n_pointz": 5}]})
 
 
 def test_a_user_evaluators_int_and_str_columns_tell_its_rows_apart():

@@ -41,7 +41,7 @@ class Options(Entry):
     eps: Annotated[list[Annotated[float, NotBool, Field(gt=0, le=1)]], Field(min_length=1), Distinct] = [0.1, 0.2, 0.3]
     per_class: PosInt = 10  # test images per class; every pair of images of different classes is crafted
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return len(self.eps)
 
 

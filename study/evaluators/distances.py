@@ -50,7 +50,7 @@ class Options(Entry):
     def uses_training_split(self) -> bool:
         return self.split == "train"
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return len(self.norms) * len(self.per_class) * len(self.quantiles)
 
 

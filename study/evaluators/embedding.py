@@ -75,7 +75,7 @@ class Options(_Attacks):
     def uses_training_split(self) -> bool:
         return True  # 1-NN accuracy and distance distributions over training embeddings
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return 1 + self.pair_rows()
 
 

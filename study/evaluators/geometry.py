@@ -51,7 +51,7 @@ class Options(Entry):
     def uses_training_split(self) -> bool:
         return True  # class centroids and the tilting plane of the training split
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         methods = (2 if linear_binary else 0) + (self.bisection is not None)
         return methods * len(self.norms)
 

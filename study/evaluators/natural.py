@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 from pydantic import Field, model_validator
 
+from study import norms
 from study.attacks.latent import LatentResult, LatentSearch
 from study.names import LATENT_KINDS
 from study.norms import L2, Linf
@@ -66,7 +67,7 @@ class Options(Entry):
     def uses_generative(self) -> bool:
         return True
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return len(self.search) * len(self.samples) * len(self.dr) * len(self.rounds)
 
 
@@ -134,10 +135,7 @@ def _distances(g, res: LatentResult, x, recon) -> dict:
     return dict(
         latent_dist_mean=dist.mean().item(),
         latent_dist_median=dist.median().item(),
-        l2_mean=L2.measure(to_x).mean().item(),
-        l2_median=L2.measure(to_x).median().item(),
-        linf_mean=Linf.measure(to_x).mean().item(),
-        linf_median=Linf.measure(to_x).median().item(),
+        **norms.sizes(to_x),
         recon_l2_mean=L2.measure(to_recon).mean().item(),
         recon_linf_mean=Linf.measure(to_recon).mean().item(),
     )

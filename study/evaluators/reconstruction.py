@@ -37,7 +37,7 @@ class Options(Entry):
     def attack_names(self) -> list[str]:
         return [s.name for s in self.inputs]
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return 1 + sum(s.n_sets() for s in self.inputs)
 
 

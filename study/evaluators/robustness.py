@@ -42,7 +42,6 @@ from study.attacks.gradient import AttackResult, GradientAttack, frozen
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
 from study.attacks.presets import PRESETS
 from study.evaluators import distances
-from study.norms import L2, Linf
 from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
@@ -291,7 +290,7 @@ def _outcome(model, x, y, res, verify=True):
     if verify and isinstance(model, mc.Predictive):
         fooled = fooled & (predict(model.model, res.x_adv) != y)[:, None]
     delta = res.x_adv - x
-    sizes = {"l2": L2.measure(delta).cpu(), "linf": Linf.measure(delta).cpu(), "confidence": confidence(model, res.x_adv).cpu()}
+    sizes = {**{name: m.cpu() for name, m in norms.measures(delta).items()}, "confidence": confidence(model, res.x_adv).cpu()}
     return fooled.cpu(), sizes, None if res.queries is None else res.queries.cpu()
 
 
@@ -324,7 +323,7 @@ def attack_stochastic(model, x, y, grid, norm, attack, rng, batch_rows=None, lev
 
 def _nothing(n_points: int, n_levels: int):
     zeros = torch.zeros(n_points)
-    return torch.zeros(n_points, n_levels, dtype=torch.bool), {"l2": zeros, "linf": zeros, "confidence": zeros}, None
+    return torch.zeros(n_points, n_levels, dtype=torch.bool), {**{name: zeros for name in norms.NORMS}, "confidence": zeros}, None
 
 
 def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=None, stochastic=False, searches=None):
@@ -416,7 +415,7 @@ def _rows(norm_name, eps_list, grid, after, counted, deltas, queries, n, clean_a
             f, c = after[:, j], counted[:, j]
             row.update(robust_acc=(n_correct - int(f.sum())) / n, success_rate=float(f.float().mean()) if n_correct else None, broken=int(c.sum()))
             if deltas is not None and c.any():
-                for name in ("l2", "linf"):
+                for name in norms.NORMS:
                     vals = deltas[name][c]
                     row[f"{name}_mean"] = float(vals.mean())
                     row[f"{name}_median"] = float(vals.median())

@@ -27,9 +27,8 @@ import torch
 from pydantic import Field
 from scipy.stats import rankdata
 
-from study import mc
+from study import mc, norms
 from study.evaluators import inputs
-from study.norms import L2, Linf
 from study.registry import Entry, Evaluator
 from study.seeds import stream_seed
 from study.spec.evaluation import InputSet
@@ -65,7 +64,7 @@ class Options(Entry):
             return f"baseline: {self.baseline} baseline images leave none of the {n_eval} evaluation images to attack (lower baseline or raise data.n_eval)"
         return None
 
-    def n_rows(self, linear_binary: bool) -> int:
+    def n_rows(self, linear_binary: bool = False) -> int:
         return (1 + sum(s.n_sets() for s in self.inputs)) * len(self.mc_samples)
 
 
@@ -151,8 +150,7 @@ def _sizes(delta: torch.Tensor, fooled: torch.Tensor) -> dict:
     fooled = fooled.to(delta.device)
     if not fooled.any():
         return {}
-    l2, linf = L2.measure(delta[fooled]), Linf.measure(delta[fooled])
-    return dict(l2_mean=l2.mean().item(), l2_median=l2.median().item(), linf_mean=linf.mean().item(), linf_median=linf.median().item())
+    return norms.sizes(delta[fooled])
 
 
 def _ratio(a: float, b: float) -> float | None:

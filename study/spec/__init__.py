@@ -12,9 +12,7 @@ live under ``evaluate:`` and are swept inside each trial against its one model.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,7 +23,7 @@ from study import models
 from study.spec.constraints import Strict
 from study.spec.errors import SpecError, from_validation_error
 from study.spec.evaluation import AttackSpec, InputSet, parse_entries
-from study.spec.search import EPOCH_METRICS, Axis, Resources, SearchSpec, option_label, parse_train_axes
+from study.spec.search import EPOCH_METRICS, Axis, Resources, SearchSpec, parse_train_axes
 from study.spec.training import (
     TRAINING_ONLY,
     AdversarialTraining,
@@ -44,11 +42,10 @@ __all__ = [
     "TrainSet", "load_spec", "parse_spec",
 ]
 
-_CAPABILITY = {"stochastic": "MC-dropout models", "embedding": "a model with an embedding"}
-
-
 def _having(capability: str) -> str:
-    return ", ".join(k for k, r in models.MODELS.items() if capability in r.capabilities)
+    """Who has a capability: the registry models that do, or a model of yours that declares it."""
+    have = [k for k, r in models.MODELS.items() if capability in r.capabilities]
+    return ", ".join(have) + f"; or yours with capabilities = ('{capability}',)"
 
 
 class StudySpec(Strict):
@@ -171,10 +168,10 @@ class StudySpec(Strict):
             for capability in e.every_model_needs():
                 for m in options:
                     if capability not in models.entry(m).capabilities:
-                        raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {_CAPABILITY[capability]} ({_having(capability)}); train.model has {m}")
+                        raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {models.CAPABILITIES[capability]} ({_having(capability)}); train.model has {m}")
             for capability in e.some_model_needs():
                 if options and not any(capability in models.entry(m).capabilities for m in options):
-                    raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {_CAPABILITY[capability]} ({_having(capability)}); train.model has {', '.join(options)}")
+                    raise ValueError(f"evaluate[{i}]: {e.evaluator} needs {models.CAPABILITIES[capability]} ({_having(capability)}); train.model has {', '.join(options)}")
 
     def model_names(self) -> list[str]:
         """The models the study can train (names; a model variant counts as its model)."""
@@ -254,77 +251,6 @@ class StudySpec(Strict):
             return self.store
         base = self.results_uri.rstrip("/")
         return base.rsplit("/", 1)[0] + "/store" if "/" in base else "store"
-
-    def grid_configs(self) -> list[dict] | None:
-        """Every trial's training config when all axes are values or grids and the search
-        takes them as written (else None: configs are sampled at run time)."""
-        if self.search.kind == "optuna" or any(a.kind not in ("value", "grid") for a in self.train.values()):
-            return None
-        names = list(self.train)
-        combos = itertools.product(*(self.train[n].values for n in names))
-        return [self.resolve(dict(zip(names, c))) for c in combos for _ in range(self.search.num_samples)]
-
-    def resolve(self, sampled: dict) -> dict:
-        """A full TrainConfig dict from one sample of the axes (defaults and the study seed filled)."""
-        cfg = TrainConfig.model_validate(sampled)
-        if cfg.seed is None:
-            cfg.seed = self.seed
-        return cfg.model_dump(mode="json")
-
-    def tune_choices(self) -> dict[str, dict[str, Any]]:
-        """Short labels for grid/choice options that are mappings or null (e.g. `adversarial`):
-        Tune sees the labels, so its progress table stays readable; ``decode`` maps them back."""
-        out = {}
-        for name, axis in self.train.items():
-            if axis.kind in ("grid", "choice") and any(v is None or isinstance(v, dict) for v in axis.values):
-                labels = [option_label(v) for v in axis.values]
-                if len(set(labels)) < len(labels):
-                    labels = [f"{i}:{lab}" for i, lab in enumerate(labels)]
-                out[name] = dict(zip(labels, axis.values))
-        return out
-
-    def decode(self, sampled: dict) -> dict:
-        """A Tune sample with option labels replaced by the options they stand for."""
-        choices = self.tune_choices()
-        return {k: choices[k][v] if k in choices else v for k, v in sampled.items()}
-
-    def n_trials(self) -> int:
-        """Trials Tune starts (a scheduler may stop some before they write rows)."""
-        if self.search.kind == "optuna":
-            return self.search.num_samples
-        if self.grid_configs() is not None:
-            return math.prod(len(a.values) for a in self.train.values()) * self.search.num_samples
-        grid = math.prod(len(a.values) for a in self.train.values() if a.kind == "grid")
-        return grid * self.search.num_samples
-
-    def rows_per_trial(self, cfg: dict) -> int:
-        """Rows a trial of the resolved config ``cfg`` writes (the geometry evaluator's closed
-        forms need a linear two-class model, un-normalised; the embedding evaluator, a model
-        with an embedding)."""
-        entry = models.entry(cfg["model"])
-        linear_binary = entry.linear and cfg.get("normalize") is None and (entry.binary or len(self.data.classes or ()) == 2)
-        counts = [e.n_rows(linear_binary) for e in self.evaluate if e.some_model_needs() <= entry.capabilities]  # the others skip this model
-        return None if None in counts else sum(counts)  # None: an evaluator of the user's does not say
-
-    def study_rows(self, configs: list[dict]) -> int:
-        """Rows the study evaluators write after the trials of ``configs``."""
-        capabilities = [models.entry(c["model"]).capabilities for c in configs]
-        return sum(e.study_rows(capabilities) for e in self.evaluate if e.scope == "study")
-
-    def expected_rows(self) -> int | None:
-        """Rows the sweep writes when every trial finishes (None: configs sampled at run time)."""
-        configs = self.grid_configs()
-        if configs is None:
-            return None
-        per_trial = [self.rows_per_trial(c) for c in configs]
-        return None if None in per_trial else sum(per_trial) + self.study_rows(configs)
-
-    def max_epochs(self) -> int:
-        """The most epochs any trial can train (the bound a scheduler needs)."""
-        axis = self.train.get("epochs")
-        if axis is None:
-            return TrainConfig.model_fields["epochs"].default
-        return axis.values[1] - 1 if axis.kind == "randint" else max(axis.values)
 
 
 def parse_spec(raw: Any, path: str = "<spec>") -> StudySpec:
