@@ -146,105 +146,13 @@ def build_charts(
 ) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
     """(file stem, title, what it shows, chart) for every chart of the report: an altair chart,
     or PNG bytes for an image (the perturbation grid, the natural strip, the generator's grids).
-    Each evaluator's charts appear when its rows do; ``found``: the artifacts (``read_artifacts``)
-    for the tilting plane, the grids and strips; ``generative``: the generator's PNG grids
+    Each evaluator's section (study.registry: its record's ``report``) contributes its charts when
+    its rows are there, in registry order; then the generator's grids and the constructed training
+    sets. ``found``: the artifacts (``read_artifacts``); ``generative``: the generator's PNG grids
     (``read_generative``); ``sets``: a features study's constructed sets (``read_feature_sets``)."""
-    found = found or {}
-    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
-    robustness = _robustness(df)
-    if not robustness.is_empty():
-        out += _robustness_charts(robustness)
-    if _has_tilting_curve(df):
-        out.append((
-            "tilting-curve", "Boundary tilting against lambda",
-            "Linear two-class models (geometry evaluator) against the L2 penalty lambda. Theta, the angle between w and the centroid direction c1 - c0, on the left axis "
-            "of both panels; top, right axis: the median minimal L2 perturbation of the correctly classified test points (exact, closed form) and Tanay's prediction "
-            "1/2 ||c1 - c0|| cos theta; bottom, right axis: the test error.",
-            tilting.tilting_curve(df),
-        ))
-    plane = _of_trials(found.get("tilting-plane"), df)
-    if plane is not None:
-        out.append((
-            "tilting-plane", "The tilting plane",
-            "Train (faint circles) and test (triangles) points projected on the plane spanned by the centroid direction c1 - c0 (u, origin at the centroids' midpoint) "
-            "and the part of w orthogonal to it (v), with the decision line f = 0, for a few lambdas; u and v share one scale, so the line's tilt is true. "
-            "Untilted (theta = 0), the line is vertical.",
-            tilting.plane_scatter(plane, df),
-        ))
-    pert = found.get("perturbation")
-    if pert is not None and not pert.filter(pl.col("point") == 0).is_empty():
-        by = "lambda" if _has_tilting_curve(df) else "label"
-        out.append((
-            "perturbation-grid", "Minimal perturbation images",
-            f"The first correctly classified test point of every trial (rows, by {by}): the image x, its minimal L2 perturbation delta that keeps x + delta in [0, 1] "
-            "(mid gray = 0, white / black = +/- the row's max |delta|: each row has its own scale), and the adversarial example x + delta on the decision boundary.",
-            images.perturbation_grid(pert, df, point=0),
-        ))
-    out += _uncertainty_charts(df, found.get("uncertainty"))
-    transfer = df.filter(pl.col("evaluator") == "transfer", pl.col("transfer_error").is_not_null())
-    if not transfer.is_empty():
-        out.append((
-            "transfer", "Transfer matrix",
-            "Error rate of the target model (column) on adversarial examples crafted on the source model (row), one panel per eps. "
-            "The outlined diagonal is each model's own error under the attack; the tooltip adds agreement, the fraction of points both get wrong where they predict the same class.",
-            charts.transfer_matrix(transfer),
-        ))
-    out += _generative_images(generative or {})
-    out += _natural_charts(df, found)
-    out += _epsilon_charts(df, found)
-    out += _features_charts(df, found, sets)
-    return out
-
-
-def _features_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame], sets: FeatureSets | None) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
-    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
-    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
-        norm, eps = sets.threat
-        out.append((
-            "features-accuracy", "Models trained on each training set",
-            f"Clean accuracy (left) and PGD accuracy at the robust source's training radius, {norm} {eps:g} (right), on the original test split, of a fresh "
-            "standard model of each architecture trained on each set, with 95% Clopper-Pearson intervals; the dashed rule is chance.",
-            features.accuracy_chart(df, eps, norm),
-        ))
-    for s in sets.sets if sets is not None else []:
-        out.append((
-            f"features-set-{s['key']}", f"Training set {s['name']}",
-            f"The first image of each class in the training split (top) and what it became in {s['name']} (bottom), with the label {s['name']} gives it "
-            f"({features.HOW[s['kind']]}).",
-            images.upscale(sets.grids[s["key"]], GENERATIVE_SCALE),
-        ))
-    if not df.filter(pl.col("evaluator") == "features").is_empty():
-        out.append((
-            "features-transfer", "Transfer from the standard source",
-            "The share of the standard source model's adversarial examples (untargeted, on the original test split) that fool each architecture (row) trained "
-            "on each set (column).",
-            features.transfer_matrix_chart(df),
-        ))
-        try:
-            out.append((
-                "features-transfer-vs-sets", "Transfer against learning from D_rand and D_det",
-                "Ilyas et al.'s Figure 3: per architecture, how often the source's adversarial examples fool it when trained on D (x), against its test "
-                "accuracy when trained on the source's relabelled sets (y). Both measure how much of the source's non-robust features it picks up.",
-                features.transfer_vs_accuracy_chart(df),
-            ))
-        except ValueError:  # no architecture was trained on both D and a relabelled set
-            pass
-    gauss = found.get("gaussian")
-    if gauss is not None:
-        out.append((
-            "gaussian-covariance", "The Gaussian model: robust covariance",
-            "Ilyas et al.'s Gaussian model: 1-sigma ellipses of the covariance learned by robust maximum likelihood (an L2 adversary of radius eps), scaled "
-            "to the true covariance's trace so only the shape shows; dashed: the true covariance. As eps grows the ellipse turns toward a circle: the "
-            "learned covariance blends with the identity.",
-            gaussian.covariance_chart(gauss),
-        ))
-        out.append((
-            "gaussian-blend", "The Gaussian model: blend with the identity",
-            "Against eps: the identity's weight in the learned covariance's shape, its anisotropy (largest / smallest eigenvalue), and its eigenvalues "
-            "(points) against Theorem 2's closed form at the fitted multiplier lambda (lines).",
-            gaussian.blend_chart(gauss),
-        ))
-    return out
+    inputs = sections.ReportInputs(df, found or {}, generative or {}, sets)
+    charts_ = [item for item in sections.items(inputs) if len(item) == 4]
+    return charts_ + _generative_images(generative or {}) + _training_set_charts(df, sets)
 
 
 def _generative_images(grids: dict[str, bytes]) -> list[tuple[str, str, str, bytes]]:
@@ -256,117 +164,6 @@ def _generative_images(grids: dict[str, bytes]) -> list[tuple[str, str, str, byt
         ),
     }
     return [(stem, *what[stem], images.upscale(grids[stem], GENERATIVE_SCALE)) for stem in GENERATIVE if stem in grids]
-
-
-def _natural_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
-    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
-    nat = df.filter(pl.col("evaluator") == "natural", pl.col("latent_search").is_not_null())
-    if not nat.is_empty():
-        out.append((
-            "natural-success", "Natural adversaries: success against queries",
-            "Per target model (panel): the fraction of correctly classified points for which the latent-space search found a natural adversary, against the mean "
-            "classifier queries it spent per point (log axis), a point per budget (at most N x rounds queries) and a line per search. Larger budgets read the "
-            "same searches stopped later, so each line only rises.",
-            natural.success_curve(nat),
-        ))
-        points = _of_trials(found.get("natural"), nat)
-        out.append((
-            "natural-distance", "Natural adversaries: latent distance per model",
-            "At the largest budget, how far in latent space the adversaries found lie from the point's own code I(x): the median (circle) and mean (diamond) "
-            "of ||z* - I(x)||" + (", and a bar over the interquartile range of the found points" if points is not None else "") + ", per target model "
-            "and search (log axis). A model whose natural adversaries lie farther away is harder to fool with natural changes.",
-            natural.distance_chart(nat, points),
-        ))
-        strip = _of_trials(found.get("natural_images"), nat)
-        if strip is not None:
-            out.append((
-                "natural-strip", "Natural adversaries: examples",
-                "The first correctly classified test points (columns) of every model (a group of rows each): x, its reconstruction G(I(x)) where the search "
-                "starts, and the natural adversary G(z*) each search found at the largest budget (gray: none found). Under each image, class -> the "
-                "model's prediction (red where they differ), under an adversary its latent distance d = ||z* - I(x)||.",
-                images.natural_strip(strip, nat),
-            ))
-    rec = df.filter(pl.col("evaluator") == "reconstruction", pl.col("recon_acc").is_not_null())
-    if not rec.is_empty():
-        out.append((
-            "reconstruction", "The reconstruction defense per input set",
-            "Per model (panel) and input set: accuracy on the inputs as given (light) and on their projection onto the generator's range, G(I(inputs)) (dark). "
-            "The attacks were crafted against the undefended model.",
-            natural.reconstruction_chart(rec),
-        ))
-    return out
-
-
-def _epsilon_charts(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
-    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
-    cells = _of_trials(found.get("class_distances"), df)
-    if cells is not None:
-        sample = epsilon.sample(cells, df)
-        label = sample.get_column("label").first()
-        present = sample.get_column("norm").unique().to_list()
-        for norm in [n for n in DISTANCE_NORMS if n in present]:
-            out.append((
-                f"distances-{norm}", f"Distances between classes, {norm}",
-                f"Mean {norm} distance{' (pixels that differ)' if norm == 'l0' else ''} between the sampled images of the row's and the column's class; the "
-                "outlined diagonal is the mean within the class, over pairs of distinct images. A class whose diagonal cell is not the smallest of its row sits "
-                "closer to another class. "
-                f"Input-space distances do not depend on the model: these are trial {label}'s (the first by label).",
-                epsilon.distance_heatmap(sample, norm),
-            ))
-    eps = _of_trials(found.get("class_eps"), df)
-    if eps is not None:
-        out.append((
-            "class-eps", "Per-class eps",
-            "eps_c per class and norm (a row of panels each, own y axis): fraction x the q-quantile of the class's sampled images' distances to the nearest "
-            f"sampled image of another class, one bar per quantile q; trial {epsilon.artifact_trial(eps, df)[1]}'s sample (the first by label; the inputs' "
-            "distances do not depend on the model).",
-            epsilon.class_eps_chart(eps, df),
-        ))
-    by_class = _of_trials(found.get("class_eps_robustness"), df)
-    if by_class is not None and not by_class.filter(pl.col("attack") == "worst").is_empty():
-        out.append((
-            "class-eps-robustness", "Robustness per class: per-class against uniform eps",
-            "Robust accuracy (worst over the attacks) of each class's evaluation points when every class is attacked at its own eps_c (per-class) and when "
-            "every point is attacked at one uniform eps with the same mean; a row of panels per model, a column per norm and quantile q.",
-            epsilon.class_rule_chart(by_class, df),
-        ))
-    crafted = _of_trials(found.get("crafted_images"), df)
-    if crafted is not None:
-        label = epsilon.artifact_trial(crafted, df)[1]
-        for value, png in epsilon.crafted_grids(crafted, df).items():
-            out.append((
-                f"crafted-{value:g}", f"Crafted images, eps {value:g}",
-                f"x0 + {value:g} sign(x1), clipped to [0, 1], within Linf {value:g} of x0: row a takes x0, the first test image of class a; column b takes x1, "
-                f"the first of class b; the diagonal is x0 itself. Under each image, model {label}'s prediction (the first model by label) and its confidence: "
-                "black where it is x0's class, red where it is x1's, blue for another class.",
-                png,
-            ))
-    classes = _of_trials(found.get("embedding_class_distances"), df)
-    if classes is not None:
-        out.append((
-            "embedding-classes", "Distances between classes in the embedding",
-            "Per triplet model (panel): the mean L2 distance between the embeddings of the sampled images of the row's and the column's class; the outlined "
-            "diagonal is the mean within the class.",
-            epsilon.embedding_heatmap(classes, df),
-        ))
-    hist = _of_trials(found.get("embedding_distances"), df)
-    if hist is not None:
-        out.append((
-            "embedding-distances", "Within- and between-class distances in the embedding",
-            "Per triplet model (panel): the distribution of the embedding L2 distances of pairs of sampled images of one class (within) and of two classes "
-            "(between), each as a fraction of its pairs; dashed: the embed_eps radii of the embedding-space attacks.",
-            epsilon.distance_histogram(hist, df),
-        ))
-    adv = found.get("embedding_adversaries")
-    adv = _of_trials(adv.filter(pl.col("attack") == "pgd", pl.col("fooled")) if adv is not None else None, df)
-    if adv is not None:
-        out.append((
-            "embedding-adversaries", "Input-space adversaries in the embedding",
-            "How far the successful input-space PGD adversaries moved their point in the embedding, ||e(x_adv) - e(x)||_2, per triplet model (row) and attack "
-            "(column); dashed: the embed_eps radii. The adversaries left of a rule stay inside that ball (inside_rate in the table).",
-            epsilon.adversary_chart(adv, df),
-        ))
-    return out
 
 
 def _uncertainty(df: pl.DataFrame) -> pl.DataFrame:
@@ -502,12 +299,44 @@ def _robustness_tables(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
 
 
 def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = None, sets: FeatureSets | None = None) -> list[tuple[str, str, pl.DataFrame]]:
-    """(title, what, table) for every table of the report; each evaluator's appear when its rows
-    do (``found``: the artifacts, for the tables built from them)."""
+    """(title, what, table) for every table of the report: each evaluator's section's tables when
+    its rows are there (``found``: the artifacts, for the tables built from them), then the
+    constructed training sets'."""
+    inputs = sections.ReportInputs(df, found or {}, {}, sets)
+    return [item for item in sections.items(inputs) if len(item) == 3] + _training_set_tables(df, sets)
+
+
+def robustness_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """The robustness evaluator's tables and charts (its per-class eps rows too)."""
+    df, found = inputs.df, inputs.found
     out = []
     robustness = _robustness(df)
     if not robustness.is_empty():
         out += _robustness_tables(robustness)
+        out += _robustness_charts(robustness)
+    if not df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_not_null(), pl.col("attack") == "worst").is_empty():
+        out.append((
+            "Per-class against uniform eps",
+            "Robust accuracy (worst over the attacks) per model, norm and quantile q when every class is attacked at its own eps_c = fraction x the q-quantile "
+            "of its training images' nearest-other-class distances (per-class), and when every point is attacked at one uniform eps, their mean over the "
+            "evaluated points (eps); gain: per-class - uniform.",
+            epsilon.rule_table(df),
+        ))
+    by_class = _of_trials(found.get("class_eps_robustness"), df)
+    if by_class is not None and not by_class.filter(pl.col("attack") == "worst").is_empty():
+        out.append((
+            "class-eps-robustness", "Robustness per class: per-class against uniform eps",
+            "Robust accuracy (worst over the attacks) of each class's evaluation points when every class is attacked at its own eps_c (per-class) and when "
+            "every point is attacked at one uniform eps with the same mean; a row of panels per model, a column per norm and quantile q.",
+            epsilon.class_rule_chart(by_class, df),
+        ))
+    return out
+
+
+def geometry_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Minimal perturbations, and for linear two-class models boundary tilting."""
+    df, found = inputs.df, inputs.found
+    out = []
     geometry = df.filter(pl.col("evaluator") == "geometry", pl.col("min_eps_median").is_not_null())
     if not geometry.is_empty():
         method = pl.format("{} {}", "attack", "norm")
@@ -521,56 +350,65 @@ def summary_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame] | None = Non
             "for linear two-class models also theta (degrees) and Tanay's predicted d_adv.",
             _by_lambda(table, geometry),
         ))
-    out += sections.tables(df)
+    if _has_tilting_curve(df):
+        out.append((
+            "tilting-curve", "Boundary tilting against lambda",
+            "Linear two-class models (geometry evaluator) against the L2 penalty lambda. Theta, the angle between w and the centroid direction c1 - c0, on the left axis "
+            "of both panels; top, right axis: the median minimal L2 perturbation of the correctly classified test points (exact, closed form) and Tanay's prediction "
+            "1/2 ||c1 - c0|| cos theta; bottom, right axis: the test error.",
+            tilting.tilting_curve(df),
+        ))
+    plane = _of_trials(found.get("tilting-plane"), df)
+    if plane is not None:
+        out.append((
+            "tilting-plane", "The tilting plane",
+            "Train (faint circles) and test (triangles) points projected on the plane spanned by the centroid direction c1 - c0 (u, origin at the centroids' midpoint) "
+            "and the part of w orthogonal to it (v), with the decision line f = 0, for a few lambdas; u and v share one scale, so the line's tilt is true. "
+            "Untilted (theta = 0), the line is vertical.",
+            tilting.plane_scatter(plane, df),
+        ))
+    pert = found.get("perturbation")
+    if pert is not None and not pert.filter(pl.col("point") == 0).is_empty():
+        by = "lambda" if _has_tilting_curve(df) else "label"
+        out.append((
+            "perturbation-grid", "Minimal perturbation images",
+            f"The first correctly classified test point of every trial (rows, by {by}): the image x, its minimal L2 perturbation delta that keeps x + delta in [0, 1] "
+            "(mid gray = 0, white / black = +/- the row's max |delta|: each row has its own scale), and the adversarial example x + delta on the decision boundary.",
+            images.perturbation_grid(pert, df, point=0),
+        ))
+    return out
+
+
+def transfer_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """The transfer matrix."""
+    df = inputs.df
+    out = []
+    transfer = df.filter(pl.col("evaluator") == "transfer", pl.col("transfer_error").is_not_null())
+    if not transfer.is_empty():
+        out.append((
+            "transfer", "Transfer matrix",
+            "Error rate of the target model (column) on adversarial examples crafted on the source model (row), one panel per eps. "
+            "The outlined diagonal is each model's own error under the attack; the tooltip adds agreement, the fraction of points both get wrong where they predict the same class.",
+            charts.transfer_matrix(transfer),
+        ))
+    return out
+
+
+def uncertainty_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """MC-dropout uncertainty per input set, and detection by it."""
+    df, found = inputs.df, inputs.found
+    out = []
     if not _uncertainty(df).is_empty():
         out += _uncertainty_tables(df)
-    out += _natural_tables(df, (found or {}).get("natural"))
-    out += _epsilon_tables(df, found or {})
-    out += _features_tables(df, found or {}, sets)
+    out += _uncertainty_charts(df, found.get("uncertainty"))
     return out
 
 
-def _features_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame], sets: FeatureSets | None) -> list[tuple[str, str, pl.DataFrame]]:
+def natural_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Natural adversaries: success by budget, latent distances, examples."""
+    df, found = inputs.df, inputs.found
     out = []
-    if sets is not None and sets.sets:
-        out.append((
-            "Constructed training sets",
-            "How each set was built from its source model: for matching, the share of the representation distance removed (rep_reduction); for the "
-            "relabelled sets, the share of images the source classifies as their new label (target_rate); the mean L2 distance to the image rebuilt.",
-            features.sets_table(sets.sets),
-        ))
-    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
-        norm, eps = sets.threat
-        out.append((
-            "Accuracy on the original test set",
-            f"A fresh standard model per architecture and training set: clean and PGD ({norm} {eps:g}, the robust source's training radius) accuracy on "
-            "the original test split with 95% Clopper-Pearson intervals, whether the clean accuracy is above chance, and Ilyas et al.'s CIFAR-10 figures.",
-            features.accuracy_table(df, eps, norm),
-        ))
-        try:
-            out.append((
-                "Robust accuracy: D_R against D",
-                f"PGD accuracy at {norm} {eps:g} of the model trained on D_R minus that of the model trained on D, with Newcombe's 95% interval for a "
-                "difference of two proportions; it clears sampling error when the interval's lower end is above 0. Where the study has D_shuf, the control "
-                "(D plus D_R's changes, shuffled across images: as much change, no label information), D_R minus D_shuf (over_shuf) tells what robust "
-                "features buy beyond what changing the images does.",
-                features.robust_margin(df, eps, norm),
-            ))
-        except ValueError:  # no architecture trained on both D and D_R
-            pass
-    gauss = found.get("gaussian")
-    if gauss is not None:
-        out.append((
-            "The Gaussian model",
-            "Robust maximum-likelihood estimates per eps: Theorem 2's multiplier lambda fitted to the learned covariance and the relative residual, the "
-            "closed-form check of the penalised problem, the identity's weight, the anisotropy and how far the mean moved.",
-            gaussian.table(gauss),
-        ))
-    return out
-
-
-def _natural_tables(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple[str, str, pl.DataFrame]]:
-    out = []
+    points = found.get("natural")
     nat = df.filter(pl.col("evaluator") == "natural", pl.col("latent_search").is_not_null())
     names = {"latent_search": "search", "latent_samples": "N", "latent_dr": "dr"}
     if not nat.is_empty():
@@ -600,6 +438,39 @@ def _natural_tables(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple
                 "is larger.",
                 paired.rename(names),
             ))
+    nat = df.filter(pl.col("evaluator") == "natural", pl.col("latent_search").is_not_null())
+    if not nat.is_empty():
+        out.append((
+            "natural-success", "Natural adversaries: success against queries",
+            "Per target model (panel): the fraction of correctly classified points for which the latent-space search found a natural adversary, against the mean "
+            "classifier queries it spent per point (log axis), a point per budget (at most N x rounds queries) and a line per search. Larger budgets read the "
+            "same searches stopped later, so each line only rises.",
+            natural.success_curve(nat),
+        ))
+        points = _of_trials(found.get("natural"), nat)
+        out.append((
+            "natural-distance", "Natural adversaries: latent distance per model",
+            "At the largest budget, how far in latent space the adversaries found lie from the point's own code I(x): the median (circle) and mean (diamond) "
+            "of ||z* - I(x)||" + (", and a bar over the interquartile range of the found points" if points is not None else "") + ", per target model "
+            "and search (log axis). A model whose natural adversaries lie farther away is harder to fool with natural changes.",
+            natural.distance_chart(nat, points),
+        ))
+        strip = _of_trials(found.get("natural_images"), nat)
+        if strip is not None:
+            out.append((
+                "natural-strip", "Natural adversaries: examples",
+                "The first correctly classified test points (columns) of every model (a group of rows each): x, its reconstruction G(I(x)) where the search "
+                "starts, and the natural adversary G(z*) each search found at the largest budget (gray: none found). Under each image, class -> the "
+                "model's prediction (red where they differ), under an adversary its latent distance d = ||z* - I(x)||.",
+                images.natural_strip(strip, nat),
+            ))
+    return out
+
+
+def reconstruction_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """The reconstruction defense per input set."""
+    df = inputs.df
+    out = []
     if not df.filter(pl.col("evaluator") == "reconstruction", pl.col("recon_acc").is_not_null()).is_empty():
         out.append((
             "The reconstruction defense",
@@ -608,10 +479,20 @@ def _natural_tables(df: pl.DataFrame, points: pl.DataFrame | None) -> list[tuple
             "the undefended model.",
             natural.reconstruction_table(df, wide=True),
         ))
+    rec = df.filter(pl.col("evaluator") == "reconstruction", pl.col("recon_acc").is_not_null())
+    if not rec.is_empty():
+        out.append((
+            "reconstruction", "The reconstruction defense per input set",
+            "Per model (panel) and input set: accuracy on the inputs as given (light) and on their projection onto the generator's range, G(I(inputs)) (dark). "
+            "The attacks were crafted against the undefended model.",
+            natural.reconstruction_chart(rec),
+        ))
     return out
 
 
-def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tuple[str, str, pl.DataFrame]]:
+def distances_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Distances between classes, and the per-class eps they suggest."""
+    df, found = inputs.df, inputs.found
     out = []
     if not df.filter(pl.col("evaluator") == "distances", pl.col("within_mean").is_not_null()).is_empty():
         label = epsilon.first_trial(epsilon.distance_rows(df))[1]
@@ -641,14 +522,36 @@ def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
                 "finds every entry about 1 on MNIST (some pixel is dark in one image and bright in the other): then Linf cannot tell the classes apart.",
                 linf,
             ))
-    if not df.filter(pl.col("evaluator") == "robustness", pl.col("eps_rule").is_not_null(), pl.col("attack") == "worst").is_empty():
+    cells = _of_trials(found.get("class_distances"), df)
+    if cells is not None:
+        sample = epsilon.sample(cells, df)
+        label = sample.get_column("label").first()
+        present = sample.get_column("norm").unique().to_list()
+        for norm in [n for n in DISTANCE_NORMS if n in present]:
+            out.append((
+                f"distances-{norm}", f"Distances between classes, {norm}",
+                f"Mean {norm} distance{' (pixels that differ)' if norm == 'l0' else ''} between the sampled images of the row's and the column's class; the "
+                "outlined diagonal is the mean within the class, over pairs of distinct images. A class whose diagonal cell is not the smallest of its row sits "
+                "closer to another class. "
+                f"Input-space distances do not depend on the model: these are trial {label}'s (the first by label).",
+                epsilon.distance_heatmap(sample, norm),
+            ))
+    eps = _of_trials(found.get("class_eps"), df)
+    if eps is not None:
         out.append((
-            "Per-class against uniform eps",
-            "Robust accuracy (worst over the attacks) per model, norm and quantile q when every class is attacked at its own eps_c = fraction x the q-quantile "
-            "of its training images' nearest-other-class distances (per-class), and when every point is attacked at one uniform eps, their mean over the "
-            "evaluated points (eps); gain: per-class - uniform.",
-            epsilon.rule_table(df),
+            "class-eps", "Per-class eps",
+            "eps_c per class and norm (a row of panels each, own y axis): fraction x the q-quantile of the class's sampled images' distances to the nearest "
+            f"sampled image of another class, one bar per quantile q; trial {epsilon.artifact_trial(eps, df)[1]}'s sample (the first by label; the inputs' "
+            "distances do not depend on the model).",
+            epsilon.class_eps_chart(eps, df),
         ))
+    return out
+
+
+def crafted_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """The crafted images x0 + eps sign(x1)."""
+    df, found = inputs.df, inputs.found
+    out = []
     if not df.filter(pl.col("evaluator") == "crafted", pl.col("robust_acc").is_not_null()).is_empty():
         out.append((
             "Crafted images",
@@ -657,6 +560,24 @@ def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "from x0 (at most eps).",
             epsilon.crafted_table(df),
         ))
+    crafted = _of_trials(found.get("crafted_images"), df)
+    if crafted is not None:
+        label = epsilon.artifact_trial(crafted, df)[1]
+        for value, png in epsilon.crafted_grids(crafted, df).items():
+            out.append((
+                f"crafted-{value:g}", f"Crafted images, eps {value:g}",
+                f"x0 + {value:g} sign(x1), clipped to [0, 1], within Linf {value:g} of x0: row a takes x0, the first test image of class a; column b takes x1, "
+                f"the first of class b; the diagonal is x0 itself. Under each image, model {label}'s prediction (the first model by label) and its confidence: "
+                "black where it is x0's class, red where it is x1's, blue for another class.",
+                png,
+            ))
+    return out
+
+
+def embedding_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Epsilon measured in a triplet embedding."""
+    df, found = inputs.df, inputs.found
+    out = []
     if not df.filter(pl.col("evaluator") == "embedding", pl.col("knn_acc").is_not_null()).is_empty():
         out.append((
             "Epsilon in the embedding",
@@ -665,6 +586,38 @@ def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "of its successful adversaries whose embedding stays within e (e=<e> inside <norm> <eps>).",
             epsilon.embedding_table(df),
         ))
+    classes = _of_trials(found.get("embedding_class_distances"), df)
+    if classes is not None:
+        out.append((
+            "embedding-classes", "Distances between classes in the embedding",
+            "Per triplet model (panel): the mean L2 distance between the embeddings of the sampled images of the row's and the column's class; the outlined "
+            "diagonal is the mean within the class.",
+            epsilon.embedding_heatmap(classes, df),
+        ))
+    hist = _of_trials(found.get("embedding_distances"), df)
+    if hist is not None:
+        out.append((
+            "embedding-distances", "Within- and between-class distances in the embedding",
+            "Per triplet model (panel): the distribution of the embedding L2 distances of pairs of sampled images of one class (within) and of two classes "
+            "(between), each as a fraction of its pairs; dashed: the embed_eps radii of the embedding-space attacks.",
+            epsilon.distance_histogram(hist, df),
+        ))
+    adv = found.get("embedding_adversaries")
+    adv = _of_trials(adv.filter(pl.col("attack") == "pgd", pl.col("fooled")) if adv is not None else None, df)
+    if adv is not None:
+        out.append((
+            "embedding-adversaries", "Input-space adversaries in the embedding",
+            "How far the successful input-space PGD adversaries moved their point in the embedding, ||e(x_adv) - e(x)||_2, per triplet model (row) and attack "
+            "(column); dashed: the embed_eps radii. The adversaries left of a rule stay inside that ball (inside_rate in the table).",
+            epsilon.adversary_chart(adv, df),
+        ))
+    return out
+
+
+def embedding_transfer_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Every model measured in each triplet embedding."""
+    df = inputs.df
+    out = []
     if not df.filter(pl.col("evaluator") == "embedding-transfer").is_empty():
         out.append((
             "Every model in each triplet embedding",
@@ -672,6 +625,111 @@ def _epsilon_tables(df: pl.DataFrame, found: dict[str, pl.DataFrame]) -> list[tu
             "||e(x') - e(x)||_2 <= e in that embedding (e=<e> robust_acc), and, per input-space PGD attack on the model (norm, eps), the fraction of its "
             "successful adversaries whose embedding stays within e. The CNN's rows measure its adversaries with a metric it was not trained against.",
             epsilon.embedding_transfer_table(df),
+        ))
+    return out
+
+
+def features_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Transfer from the standard feature source."""
+    df = inputs.df
+    out = []
+    if not df.filter(pl.col("evaluator") == "features").is_empty():
+        out.append((
+            "features-transfer", "Transfer from the standard source",
+            "The share of the standard source model's adversarial examples (untargeted, on the original test split) that fool each architecture (row) trained "
+            "on each set (column).",
+            features.transfer_matrix_chart(df),
+        ))
+        try:
+            out.append((
+                "features-transfer-vs-sets", "Transfer against learning from D_rand and D_det",
+                "Ilyas et al.'s Figure 3: per architecture, how often the source's adversarial examples fool it when trained on D (x), against its test "
+                "accuracy when trained on the source's relabelled sets (y). Both measure how much of the source's non-robust features it picks up.",
+                features.transfer_vs_accuracy_chart(df),
+            ))
+        except ValueError:  # no architecture was trained on both D and a relabelled set
+            pass
+    return out
+
+
+def gaussian_section(rows: pl.DataFrame, inputs: sections.ReportInputs) -> list[tuple]:
+    """Ilyas et al.'s Gaussian model (its artifact)."""
+    found = inputs.found
+    out = []
+    gauss = found.get("gaussian")
+    if gauss is not None:
+        out.append((
+            "The Gaussian model",
+            "Robust maximum-likelihood estimates per eps: Theorem 2's multiplier lambda fitted to the learned covariance and the relative residual, the "
+            "closed-form check of the penalised problem, the identity's weight, the anisotropy and how far the mean moved.",
+            gaussian.table(gauss),
+        ))
+    gauss = found.get("gaussian")
+    if gauss is not None:
+        out.append((
+            "gaussian-covariance", "The Gaussian model: robust covariance",
+            "Ilyas et al.'s Gaussian model: 1-sigma ellipses of the covariance learned by robust maximum likelihood (an L2 adversary of radius eps), scaled "
+            "to the true covariance's trace so only the shape shows; dashed: the true covariance. As eps grows the ellipse turns toward a circle: the "
+            "learned covariance blends with the identity.",
+            gaussian.covariance_chart(gauss),
+        ))
+        out.append((
+            "gaussian-blend", "The Gaussian model: blend with the identity",
+            "Against eps: the identity's weight in the learned covariance's shape, its anisotropy (largest / smallest eigenvalue), and its eigenvalues "
+            "(points) against Theorem 2's closed form at the fitted multiplier lambda (lines).",
+            gaussian.blend_chart(gauss),
+        ))
+    return out
+
+
+def _training_set_tables(df: pl.DataFrame, sets: FeatureSets | None) -> list[tuple[str, str, pl.DataFrame]]:
+    """The constructed training sets of a features study (a training axis, not an evaluator)."""
+    out = []
+    if sets is not None and sets.sets:
+        out.append((
+            "Constructed training sets",
+            "How each set was built from its source model: for matching, the share of the representation distance removed (rep_reduction); for the "
+            "relabelled sets, the share of images the source classifies as their new label (target_rate); the mean L2 distance to the image rebuilt.",
+            features.sets_table(sets.sets),
+        ))
+    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
+        norm, eps = sets.threat
+        out.append((
+            "Accuracy on the original test set",
+            f"A fresh standard model per architecture and training set: clean and PGD ({norm} {eps:g}, the robust source's training radius) accuracy on "
+            "the original test split with 95% Clopper-Pearson intervals, whether the clean accuracy is above chance, and Ilyas et al.'s CIFAR-10 figures.",
+            features.accuracy_table(df, eps, norm),
+        ))
+        try:
+            out.append((
+                "Robust accuracy: D_R against D",
+                f"PGD accuracy at {norm} {eps:g} of the model trained on D_R minus that of the model trained on D, with Newcombe's 95% interval for a "
+                "difference of two proportions; it clears sampling error when the interval's lower end is above 0. Where the study has D_shuf, the control "
+                "(D plus D_R's changes, shuffled across images: as much change, no label information), D_R minus D_shuf (over_shuf) tells what robust "
+                "features buy beyond what changing the images does.",
+                features.robust_margin(df, eps, norm),
+            ))
+        except ValueError:  # no architecture trained on both D and D_R
+            pass
+    return out
+
+
+def _training_set_charts(df: pl.DataFrame, sets: FeatureSets | None) -> list[tuple[str, str, str, alt.TopLevelMixin | bytes]]:
+    out: list[tuple[str, str, str, alt.TopLevelMixin | bytes]] = []
+    if sets is not None and sets.threat is not None and "train_set" in df.columns and df.get_column("train_set").is_not_null().any():
+        norm, eps = sets.threat
+        out.append((
+            "features-accuracy", "Models trained on each training set",
+            f"Clean accuracy (left) and PGD accuracy at the robust source's training radius, {norm} {eps:g} (right), on the original test split, of a fresh "
+            "standard model of each architecture trained on each set, with 95% Clopper-Pearson intervals; the dashed rule is chance.",
+            features.accuracy_chart(df, eps, norm),
+        ))
+    for s in sets.sets if sets is not None else []:
+        out.append((
+            f"features-set-{s['key']}", f"Training set {s['name']}",
+            f"The first image of each class in the training split (top) and what it became in {s['name']} (bottom), with the label {s['name']} gives it "
+            f"({features.HOW[s['kind']]}).",
+            images.upscale(sets.grids[s["key"]], GENERATIVE_SCALE),
         ))
     return out
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -103,8 +103,9 @@ class Evaluator:
     options: type[Entry]
     evaluate: Callable[..., list[dict]]  # (ctx, options) -> rows
     columns: tuple[Column, ...] = ()  # columns it adds to the results schema
-    # (rows of this evaluator, as a polars DataFrame) -> [(title, what, table)] for the report
-    report: Optional[Callable[[Any], list[tuple]]] = None
+    # Its report section, (rows, inputs) -> tables and charts (analysis.sections), or the import
+    # path of one built from analysis's library (study never imports analysis).
+    report: Union[str, Callable[..., list[tuple]], None] = None
 
 
 def find(name: str) -> Evaluator:

@@ -343,11 +343,13 @@ def test_embedding_histograms_and_rules(df, found, vega_values):
 
 # -- report ---------------------------------------------------------------------------------
 
+# In registry order (study.registry.BUILTIN): the robustness evaluator's per-class eps section,
+# then the distances, crafted and embedding evaluators' sections.
 EPSILON_CHARTS = [
-    "distances-l0", "distances-l1", "distances-l2", "distances-linf", "class-eps", "class-eps-robustness", "crafted-0.1", "crafted-0.3",
+    "class-eps-robustness", "distances-l0", "distances-l1", "distances-l2", "distances-linf", "class-eps", "crafted-0.1", "crafted-0.3",
     "embedding-classes", "embedding-distances", "embedding-adversaries",
 ]
-EPSILON_TABLES = ["Distances between classes", "Classes closer to another class", "The Linf distance matrix", "Per-class against uniform eps", "Crafted images", "Epsilon in the embedding"]
+EPSILON_TABLES = ["Per-class against uniform eps", "Distances between classes", "Classes closer to another class", "The Linf distance matrix", "Crafted images", "Epsilon in the embedding"]
 
 
 def _plain_robustness(df: pl.DataFrame) -> pl.DataFrame:
@@ -379,7 +381,7 @@ def test_report_sections_follow_the_rows(df, found, vega_values):
     assert not set(EPSILON_CHARTS) & {s for s, *_ in build_charts(plain, others)}
     assert not set(EPSILON_TABLES) & {t for t, _, _ in summary_tables(plain, others)}
     # Rows without artifacts: the tables from rows only.
-    assert [t for t, _, _ in summary_tables(df)] == ["Distances between classes", "Per-class against uniform eps", "Crafted images", "Epsilon in the embedding"]
+    assert [t for t, _, _ in summary_tables(df)] == ["Per-class against uniform eps", "Distances between classes", "Crafted images", "Epsilon in the embedding"]
     assert build_charts(df) == []
 
 

@@ -298,8 +298,8 @@ def test_report_sections(tmp_path):
     assert [s for s, *_ in build_charts(df)] == ["natural-success", "natural-distance", "reconstruction"]
     grids = {"generative-samples": _tiny_png(12, 8)}
     charts = build_charts(df, {"natural_images": _images()}, grids)
-    assert [s for s, *_ in charts] == ["generative-samples", "natural-success", "natural-distance", "natural-strip", "reconstruction"]
-    assert _png(charts[0][3]).shape == (16, 24, 3)  # the generator's grid, enlarged twice
+    assert [s for s, *_ in charts] == ["natural-success", "natural-distance", "natural-strip", "reconstruction", "generative-samples"]  # the study's generator after the sections
+    assert _png(charts[-1][3]).shape == (16, 24, 3)  # the generator's grid, enlarged twice
     # Only reconstruction rows: no natural sections.
     only = _full(_reconstruction_rows())
     assert [s for s, *_ in build_charts(only)] == ["reconstruction"]

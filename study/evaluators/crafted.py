@@ -149,4 +149,4 @@ def _images(cols: dict, kind: str, eps, class_a, class_b, x, pred, conf) -> None
 COLUMNS = (
     ("target_rate", pa.float64(), "metric", "crafted: fraction of the crafted images x0 + eps sign(x1) classified as x1's class (`robust_acc`: as x0's)"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:crafted_section")

@@ -193,4 +193,4 @@ COLUMNS = (
     ("eps_min", pa.float64(), "metric", "distances: the smallest per-class eps suggestion (`eps` is their mean over classes)"),
     ("eps_max", pa.float64(), "metric", "distances: the largest per-class eps suggestion"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:distances_section")

@@ -261,5 +261,5 @@ COLUMNS = (
     ("inside_rate", pa.float64(), "metric", "embedding: fraction of the input-space adversaries (attack, norm, eps) whose embedding stays within embed_eps of the clean point's"),
     ("embed_dist_mean", pa.float64(), "metric", "embedding: mean ||e(x_adv) - e(x)||_2 of the successful adversaries"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
-TRANSFER = Evaluator(TransferOptions, transfer, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:embedding_section")
+TRANSFER = Evaluator(TransferOptions, transfer, COLUMNS, report="analysis.report:embedding_transfer_section")

@@ -43,4 +43,4 @@ def evaluate(ctx: StudyEvalContext, options: Options) -> list[dict]:
     return transfer.rows(ctx.members, ctx.x, ctx.y, options, ctx.seed, sources=[ctx.standard_source()])
 
 
-EVALUATOR = Evaluator(Options, evaluate)
+EVALUATOR = Evaluator(Options, evaluate, report="analysis.report:features_section")

@@ -52,5 +52,5 @@ def evaluate(ctx: StudyEvalContext, options: Options) -> list[dict]:
     return []
 
 
-EVALUATOR = Evaluator(Options, evaluate)
+EVALUATOR = Evaluator(Options, evaluate, report="analysis.report:gaussian_section")
 

@@ -148,4 +148,4 @@ COLUMNS = (
     ("min_eps_mean", pa.float64(), "metric", "geometry: mean minimal perturbation (in `norm`) that changes the prediction, over the correctly classified points it could change"),
     ("min_eps_median", pa.float64(), "metric", "geometry: median minimal perturbation"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:geometry_section")

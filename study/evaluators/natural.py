@@ -194,4 +194,4 @@ COLUMNS = (
     ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
     ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:natural_section")

@@ -73,4 +73,4 @@ def evaluate(ctx, axes) -> list[dict]:
     return rows
 
 
-EVALUATOR = Evaluator(Options, evaluate)
+EVALUATOR = Evaluator(Options, evaluate, report="analysis.report:reconstruction_section")

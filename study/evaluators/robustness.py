@@ -430,4 +430,4 @@ COLUMNS = (
     ("vanishing_grad", pa.float64(), "metric", "robustness: share of the attacked points whose cross-entropy input gradient is exactly 0 at x (a saturated softmax: a cross-entropy gradient attack cannot take its first step there)"),
     ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:robustness_section")

@@ -45,7 +45,7 @@ def evaluate(ctx, options: Options) -> list[dict]:
     )]
 
 
-def report(rows) -> list[tuple]:
+def report(rows, inputs) -> list[tuple]:
     return [(
         "Rubbish inputs",
         "N(0, I) noise clipped to [0, 1]: the fraction of noise inputs each model classifies with confidence > 0.5, and its mean confidence on them.",

@@ -104,4 +104,4 @@ def rows(members: list[Member], x: torch.Tensor, y: torch.Tensor, axes, seed: in
 COLUMNS = (
     ("agreement", pa.float64(), "metric", "transfer: over points source and target both get wrong, how often they predict the same class"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:transfer_section")

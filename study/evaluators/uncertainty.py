@@ -184,4 +184,4 @@ COLUMNS = (
     ("auroc_smv", pa.float64(), "metric", "uncertainty: AUROC of SMV, clean vs this input set"),
     ("auroc_smv_se", pa.float64(), "metric", "uncertainty: standard error of auroc_smv (DeLong)"),
 )
-EVALUATOR = Evaluator(Options, evaluate, COLUMNS)
+EVALUATOR = Evaluator(Options, evaluate, COLUMNS, report="analysis.report:uncertainty_section")
