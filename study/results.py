@@ -258,7 +258,8 @@ def write_manifest(results_uri: str, manifest: dict) -> str:
 
 def schema_markdown() -> str:
     lines = ["| column | type | group | meaning |", "|---|---|---|---|"]
-    lines += [f"| {n} | {t} | {g} | {d} |" for n, t, g, d in schema_columns()]
+    escaped = [(n, t, g, d.replace("|", "\\|")) for n, t, g, d in schema_columns()]  # a pipe would end the cell
+    lines += [f"| {n} | {t} | {g} | {d} |" for n, t, g, d in escaped]
     return "\n".join(lines)
 
 
