@@ -39,6 +39,7 @@ BUILTIN = {
     "embedding-transfer": "study.evaluators.embedding:TRANSFER",
     "features": "study.evaluators.features:EVALUATOR",
     "gaussian": "study.evaluators.gaussian:EVALUATOR",
+    "calibration": "study.evaluators.calibration:EVALUATOR",
 }
 
 Column = tuple  # (name, pyarrow type, group, meaning), as study.results.COLUMNS
