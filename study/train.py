@@ -4,13 +4,15 @@ J is the model's training loss (study.objectives: cross-entropy, hinge, one-vs-r
 ``l2`` * ||W||^2 over weight matrices and kernels (biases excluded: the SVM's lambda), plus
 Adam's ``weight_decay`` on every parameter. Adversarial training minimises
 alpha * J(x) + (1 - alpha) * J(x_adv) (Goodfellow et al.), with x_adv from FGSM or PGD at the
-configured eps and norm; alpha = 1 is standard training and alpha = 0 pure adversarial
-training. Everything is seeded by the config's seed.
+configured eps and norm (or, as the paper's control, x plus random noise of that size:
+``noise-sign``, ``noise-uniform``); alpha = 1 is standard training and alpha = 0 pure
+adversarial training. Everything is seeded by the config's seed.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable
 
 import torch
@@ -19,6 +21,7 @@ from study import attacks, mc, models, norms, objectives
 from study.rng import PointRNG
 from study.seeds import stream_seed
 from study.spec import TrainConfig
+from study.spec.training import NOISE
 
 
 def init_model(cfg: TrainConfig, input_shape, n_classes: int) -> torch.nn.Module:
@@ -51,6 +54,18 @@ def accuracy(model, x, y) -> float:
     return (predict(model, x) == y).float().mean().item()
 
 
+def noisy(kind: str, model, x: torch.Tensor, y: torch.Tensor, eps: float, norm, rng: PointRNG) -> torch.Tensor:
+    """Goodfellow et al.'s control for adversarial training: x plus random noise of the threat's
+    size, in the [0, 1] box, the model unused. ``noise-sign``: +-eps per pixel with equal odds
+    (a corner of the Linf ball); ``noise-uniform``: uniform in the eps ball of ``norm`` (Linf:
+    U(-eps, eps) per pixel). Drawn per training image from ``rng`` (its index and epoch)."""
+    if kind == "noise-sign":
+        delta = eps * rng.signs(x.shape[1:], "noise-sign", dtype=x.dtype)
+    else:
+        delta = norm.random_start(rng, x.shape[1:], torch.full((len(x),), float(eps), dtype=x.dtype, device=x.device), "noise-uniform")
+    return (x + delta.to(x.device)).clamp(0, 1)
+
+
 def train(
     model: torch.nn.Module,
     cfg: TrainConfig,
@@ -77,7 +92,7 @@ def _train(model, cfg, x, y, x_eval, y_eval, on_epoch) -> dict:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * batches) if cfg.lr_schedule == "cosine" else None
     adv = cfg.adversarial
     if adv is not None:
-        attack = attacks.make(adv.attack, **adv.attack_options())
+        attack = partial(noisy, adv.attack) if adv.attack in NOISE else attacks.make(adv.attack, **adv.attack_options())
         norm = norms.get(adv.norm)
     start = time.perf_counter()
     metrics = {}

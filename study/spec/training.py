@@ -68,8 +68,15 @@ class DataSpec(Strict):
         return {"npz": f"npz:{self.path}", "imagefolder": f"imagefolder:{self.root}"}.get(d, d)
 
 
+NOISE = ("noise-sign", "noise-uniform")  # Goodfellow et al.'s control: training on random noise of the threat's size
+
+
 class AdversarialTraining(Strict):
-    attack: Literal["fgsm", "pgd"]
+    """alpha J(x) + (1 - alpha) J(x'), x' the attack's adversarial example (fgsm, pgd) or, as the
+    control, x plus random noise of the same size (study.train.noisy): ``noise-sign`` (+-eps per
+    pixel, Linf), ``noise-uniform`` (uniform in the eps ball)."""
+
+    attack: Literal[("fgsm", "pgd", *NOISE)]
     norm: Literal[tuple(NORMS)]
     eps: NonNegFloat
     alpha: Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)] = 0.5  # weight of the clean loss
@@ -79,6 +86,13 @@ class AdversarialTraining(Strict):
     @model_validator(mode="after")
     def _checks(self):
         eps_bound(self.norm, self.eps, "eps")
+        if self.attack in NOISE:
+            for name in ("steps", "step_size"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: {self.attack} draws its noise once, it takes no {name}")
+            if self.attack == "noise-sign" and self.norm != "linf":
+                raise ValueError("norm: noise-sign moves every pixel by +-eps, a corner of the Linf ball; use linf (or noise-uniform for l2)")
+            return self
         try:
             attacks.make(self.attack, **self.attack_options())
         except attacks.OptionError as e:
