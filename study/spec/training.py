@@ -8,20 +8,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BeforeValidator, Field, field_validator, model_serializer, model_validator
 
-from study import attacks, models
+from study import attacks, data, models
 from study.norms import NORMS
 from study.spec.constraints import Strict, eps_bound
 from study.types import NonNegFloat, PosFloat, PosInt, _not_bool
-
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "digits", "npz", "imagefolder")
-
 
 class DataSpec(Strict):
     """The dataset: a built-in name, ``npz`` (``path``), ``imagefolder`` (``root``), any
     torchvision dataset (``{torchvision: SVHN}``, with ``root`` / ``download``) or a loader of
     the user's (``{import: mylab.data:load, <its keyword arguments>}``): study.data."""
 
-    dataset: Union[Literal[DATASETS], dict[str, Any]] = "mnist-5k"
+    dataset: Union[Literal[tuple(data.SOURCES)], dict[str, Any]] = "mnist-5k"
     path: Optional[str] = None  # npz: the file
     classes: Optional[list[Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]]] = None
     eval_index: Optional[str] = None  # a file of test-split indices (.npy or one per line): the evaluation subset, in that order
