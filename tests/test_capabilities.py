@@ -4,12 +4,11 @@ built model before any work."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import yaml
 
 from jobs import sweep
+from tests.user_modules import temporary_module
 
 NETS = '''
 import torch
@@ -44,12 +43,8 @@ flying.capabilities = ("flying",)
 
 @pytest.fixture(scope="module")
 def capnets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("capnets")
-    (root / "capnets.py").write_text(NETS)
-    sys.path.insert(0, str(root))
-    yield
-    sys.path.remove(str(root))
-    sys.modules.pop("capnets", None)
+    with temporary_module(tmp_path_factory.mktemp("capnets"), "capnets", NETS):
+        yield
 
 
 def _dry_run(tmp_path, model: str) -> tuple[int, str]:

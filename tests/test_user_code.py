@@ -19,6 +19,7 @@ from jobs import sweep
 from study import checkpoints, data, models, planning
 from study.spec import DataSpec
 from tests import doc_example
+from tests.user_modules import temporary_module
 
 MEAN, STD = [0.2, 0.25, 0.3], [0.3, 0.35, 0.4]
 
@@ -397,12 +398,8 @@ def beyond(model, x, y, eps, norm, scale: float = 1.0):
 
 @pytest.fixture(scope="module")
 def user_attacks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attacks")
-    (root / "labattacks.py").write_text(ATTACKS)
-    sys.path.insert(0, str(root))
-    yield
-    sys.path.remove(str(root))
-    sys.modules.pop("labattacks", None)
+    with temporary_module(tmp_path_factory.mktemp("attacks"), "labattacks", ATTACKS):
+        yield
 
 
 def _linear_case(seed=0, n=400, d=16):
