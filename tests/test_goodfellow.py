@@ -16,7 +16,7 @@ def _fgsm_error(df: pl.DataFrame, model: str, adv_eps: float | None, adv_attack:
     return row.row(0, named=True)
 
 
-# The full study (search_spaces/goodfellow.yaml, 73 s on 2 cores) runs on purpose (`pytest -m
+# The full study (search_spaces/goodfellow.yaml, 20 models, about 200 s on 2 cores) runs on purpose (`pytest -m
 # slow`); tests/specs/transfer.yaml covers the same evaluators in the default run.
 SLOW = pytest.mark.slow
 
