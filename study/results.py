@@ -156,12 +156,20 @@ def user_columns(row: dict) -> list[str]:
     return [k for k in row if k not in names]
 
 
+@functools.lru_cache(maxsize=1)
+def _own_axes() -> frozenset[str]:
+    """The `evaluation` columns built-in evaluators declare beyond the shared key columns."""
+    from study import registry
+
+    return frozenset(n for n, _, group, _ in registry.builtin_columns() if group == "evaluation") - set(KEY_COLUMNS)
+
+
 def row_key(trial_id: str, row: dict) -> str:
     """Hash of the trial and the row's evaluation point: the key columns, an evaluator's own
     `evaluation` columns, and any column a user's evaluator adds that is not a float (its
     axes; floats are its measurements)."""
     point = [trial_id, *(row.get(c) for c in KEY_COLUMNS)]
-    own = {n for n, _, group, _ in schema_columns() if group == "evaluation"} - set(KEY_COLUMNS)
+    own = _own_axes()
     users = set(user_columns(row))
     axes = sorted((k, row[k]) for k in row if k in own or (k in users and not isinstance(row[k], float)))
     point += [axes] if axes else []

@@ -65,3 +65,17 @@ def test_compact_can_keep_only_this_sweeps_trials(tmp_path):
     results.write_trial(uri, "new", rows("new", [0.1, 0.2]))
     path, compacted = results.compact(uri, ["new"])
     assert compacted.num_rows == 2 and set(pq.read_table(path).column("trial_id").to_pylist()) == {"new"}
+
+
+def test_row_keys_do_not_change_across_versions():
+    # The key of this row as the code before evaluator-owned columns computed it: keys decide
+    # what compaction keeps and what a resumed sweep finds, so a refactor must not move them.
+    # Shared columns outside KEY_COLUMNS (targets, queries_budget, source_label) never join it.
+    row = dict(
+        evaluator="robustness", attack="apgd-t", attack_options="apgd-t(steps=100,targets=9)", ensemble="apgd-ce+apgd-t", cascade=True, norm="linf", eps=0.1,
+        steps=100, step_size=2.0, restarts=1, targets=9, queries_budget=None, eot_samples=1, source_label=None, robust_acc=0.5, n_eval=100,
+    )
+    assert results.row_key("abc123", row) == "872c3a11aedd205a"
+    # An evaluator's own evaluation column (calibration's bin count) tells its rows apart.
+    cal = dict(evaluator="calibration", calibration_bins=10, ece=0.1)
+    assert results.row_key("abc123", cal) != results.row_key("abc123", {**cal, "calibration_bins": 15})
