@@ -260,7 +260,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
 def trial_record(r, since: int) -> dict:
     """One Tune trial in the manifest. STOPPED: a scheduler ended it before it wrote rows.
     ``this_run``: false for a trial a resumed sweep found already finished (its last report is
-    older than this run)."""
+    older than this run, or it found its rows written and kept them)."""
     from jobs.search import FINAL_MARKER
 
     m = r.metrics or {}
@@ -269,7 +269,7 @@ def trial_record(r, since: int) -> dict:
         "trial_id": m.get("advsweep_trial_id"),
         "label": m.get("label"),
         "status": status,
-        "this_run": m.get("timestamp", since) >= since,
+        "this_run": not m.get("kept") and m.get("timestamp", since) >= since,
         "epochs_trained": m.get("epoch"),
         "from_store": m.get("from_store"),
         "checkpoint": m.get("checkpoint"),
@@ -374,7 +374,7 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     earlier = [t for t in trials if not t["this_run"]]
     print(f"\nmodels: {trained} trained, {stored} from the store" + (f", {loaded} from checkpoints (not trained here)" if loaded else ""))
     if earlier:
-        print(f"not rerun (finished before the interruption): {len(earlier)} trials: {', '.join(t['trial_id'] for t in earlier)}")
+        print(f"not rerun (rows written before the interruption): {len(earlier)} trials: {', '.join(t['trial_id'] for t in earlier)}")
     if stopped:
         print(f"stopped early by the scheduler: {len(stopped)} trials (no rows)")
     print(f"rows: {table.num_rows} ({len(trials)} trials)")

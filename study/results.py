@@ -25,6 +25,9 @@ from study import fsio
 
 SCHEMA_VERSION = "10"
 _META_KEY = b"advsweep.schema_version"
+# A trial file also keeps the trial's final Tune report, so a trial whose rows are already written
+# (a resumed sweep, a retried worker) reports it again instead of computing the rows a second time.
+_FINAL_KEY = b"advsweep.final_report"
 
 # (name, type, group, meaning): the columns every evaluator shares. With each evaluator's own
 # (study.registry: a module's COLUMNS), the single source of the schema and of its documentation.
@@ -201,10 +204,29 @@ def trial_path(results_uri: str, trial_id: str) -> tuple:
     return fs, fsio.join(base, "trials", f"{trial_id}.parquet")
 
 
-def write_trial(results_uri: str, trial_id: str, rows: list[dict]) -> str:
+def write_trial(results_uri: str, trial_id: str, rows: list[dict], final: dict | None = None) -> str:
     fs, path = trial_path(results_uri, trial_id)
-    fsio.write_atomic(fs, path, parquet_bytes(to_table(rows)))
+    table = to_table(rows)
+    if final is not None:
+        table = table.replace_schema_metadata({**table.schema.metadata, _FINAL_KEY: json.dumps(final).encode()})
+    fsio.write_atomic(fs, path, parquet_bytes(table))
     return path
+
+
+def written_trial(results_uri: str, trial_id: str) -> dict | None:
+    """The final report of a trial whose rows this results folder already holds, in this schema
+    version; None when they must be computed (no file, another version, unreadable)."""
+    fs, path = trial_path(results_uri, trial_id)
+    if not fsio.exists(fs, path):
+        return None
+    try:
+        with fs.open_input_file(path) as f:
+            meta = pq.read_schema(f).metadata or {}
+        if meta.get(_META_KEY, b"").decode() != SCHEMA_VERSION or _FINAL_KEY not in meta:
+            return None
+        return json.loads(meta[_FINAL_KEY])
+    except (pa.ArrowInvalid, ValueError):
+        return None  # a damaged file is recomputed and overwritten whole
 
 
 def write_study_rows(results_uri: str, evaluator: str, rows: list[dict]) -> str:
@@ -220,7 +242,7 @@ def read_table(fs, path: str) -> pa.Table:
     version = (table.schema.metadata or {}).get(_META_KEY, b"").decode()
     if version != SCHEMA_VERSION:
         raise SchemaVersionError(f"{path}: results schema version {version or 'missing'!r}, this advsweep reads {SCHEMA_VERSION!r}")
-    return table
+    return table.replace_schema_metadata({_META_KEY: version.encode()})  # not a trial's own report
 
 
 def compact(results_uri: str, trial_ids: list[str] | None = None, pareto: set[str] | None = None, study_rows: tuple[str, ...] = ()) -> tuple[str, pa.Table]:

@@ -159,6 +159,12 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     x, y = _tensor(data.x_train, device), _tensor(data.y_train, device)
     x_eval, y_eval = _tensor(data.x_test, device), _tensor(data.y_test, device)
     name = label(cfg, spec.label_axes())
+    written = results.written_trial(study.results_uri, tid)
+    if written is not None:
+        # Its rows were written before a driver crash or a worker loss: report them, compute nothing.
+        print(f"advsweep trial {tid} ({name}): rows kept from an earlier run", flush=True)
+        report({**written, "kept": True})
+        return
 
     store = ModelStore(study.store_uri)
     x_fit, y_fit, fingerprint, set_meta = x, y, data.fingerprint, {}
@@ -196,9 +202,6 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     for row in rows:
         row.update(set_meta, checkpoint_sha256=meta.get("checkpoint_sha256"))
     check_rows(rows, planning.rows_per_trial(spec, cfg.model_dump(mode="json")), f"trial {tid} ({name})")
-    results.write_trial(study.results_uri, tid, rows)
-    print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
-
     final = {
         "advsweep_trial_id": tid,  # Tune fills its own `trial_id` into every result
         "label": name,
@@ -211,6 +214,8 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         "clean_acc": ctx.clean_acc,
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness" and r.get("eps_rule") is None})
+    results.write_trial(study.results_uri, tid, rows, final)
+    print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
     report(final)
 
 
