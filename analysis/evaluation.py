@@ -14,7 +14,10 @@ that breaks many is news. ``evaluation_warnings``: one line per sign, naming the
   cross-entropy cannot start there, whatever the ensemble;
 * robust accuracy stays above ~0 at an unbounded radius (Linf eps >= 1 allows any image);
 * more iterations of an attack give a higher robust accuracy;
-* robust accuracy rises with eps.
+* robust accuracy rises with eps;
+* robust accuracy above the bound the data alone sets (the ``trivial`` evaluator's
+  ``robust_bound``: points within eps of a misclassified image of their own class are broken
+  without an attack), so the attacks missed points an eps-step reaches.
 """
 
 from __future__ import annotations
@@ -63,11 +66,22 @@ def evaluation_warnings(frame) -> list[str]:
     """One line per sign of a broken evaluation (see the module docstring), each naming the model
     (label), the norm and eps, and the numbers behind it."""
     df = _robustness(frame)
+    bounds = _bounds(frame)
     out = []
     for label, part in sorted(df.group_by("label"), key=lambda kv: str(kv[0][0])):
         label = label[0]
         out += _vanishing(label, part) + _black_box(label, part) + _scale_invariant(label, part) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
+        out += _above_bound(label, part, bounds)
     return out
+
+
+def _bounds(frame) -> pl.DataFrame:
+    """The smallest ``robust_bound`` per trial, norm and eps over the trivial evaluator's pools."""
+    df = eager(frame)
+    if "robust_bound" not in df.columns:
+        return pl.DataFrame(schema={"trial_id": pl.String, "norm": pl.String, "eps": pl.Float64, "robust_bound": pl.Float64, "n_eval": pl.Int64})
+    rows = df.filter(pl.col("evaluator") == "trivial")
+    return rows.group_by("trial_id", "norm", "eps").agg(pl.col("robust_bound").min(), pl.col("n_eval").first())
 
 
 def _point(row: dict) -> str:
@@ -145,3 +159,14 @@ def _rising(label, part) -> list[str]:
             if acc[i] > acc[i - 1] + NOISE:
                 out.append(f"{label}: robust accuracy rises from {acc[i - 1]:.3f} at {norm} {eps[i - 1]:g} to {acc[i]:.3f} at {eps[i]:g}")
     return out
+
+
+def _above_bound(label, part, bounds) -> list[str]:
+    worst = part.filter(pl.col("attack") == "worst").select("trial_id", "norm", "eps", "robust_acc", "n_eval").join(bounds, on=["trial_id", "norm", "eps"], suffix="_bound")
+    # Same points only (a robustness entry on fewer points has its own share).
+    worst = worst.filter(pl.col("n_eval") == pl.col("n_eval_bound"), pl.col("robust_acc") > pl.col("robust_bound") + NOISE)
+    return [
+        f"{label}: robust accuracy {row['robust_acc']:.3f} at {_point(row)} is above {row['robust_bound']:.3f}, the most the data allows "
+        "(points within eps of a misclassified image of their own class): the attacks missed points an eps-step reaches"
+        for row in worst.iter_rows(named=True)
+    ]

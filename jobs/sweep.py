@@ -308,7 +308,7 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
             if log.height:
                 print("\nPoints each attack broke, summed over the models (in a cascade: those no earlier attack had broken):")
                 print(log.drop("ensemble", "cascade") if log.get_column("ensemble").n_unique() == 1 else log)
-            signs = evaluation_warnings(rob)
+            signs = evaluation_warnings(df)
             print("\nSigns of a broken evaluation: " + ("none" if not signs else f"{len(signs)}"))
             for line in signs[:20]:
                 print(f"  WARNING {line}")

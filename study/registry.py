@@ -40,6 +40,7 @@ BUILTIN = {
     "features": "study.evaluators.features:EVALUATOR",
     "gaussian": "study.evaluators.gaussian:EVALUATOR",
     "calibration": "study.evaluators.calibration:EVALUATOR",
+    "trivial": "study.evaluators.trivial:EVALUATOR",
 }
 
 Column = tuple  # (name, pyarrow type, group, meaning), as study.results.COLUMNS

@@ -111,3 +111,29 @@ def test_every_model_measured_in_the_triplet_embedding(epsilon_sweep, frame):
     assert table["model"].to_list() == ["cnn", "triplet margin=0.5"]
     cell = rows.filter(pl.col("label") == "cnn", pl.col("attack") == "pgd", pl.col("norm") == "linf", pl.col("embed_eps") == 1.0)["inside_rate"][0]
     assert table.filter(pl.col("model") == "cnn")["e=1 inside linf 0.3"][0] == cell
+
+
+def test_trivial_adversaries_bound_the_attacks(epsilon_sweep, frame):
+    """Condition (2) on real digits: the share of correct points within eps of a misclassified
+    digit of their own class grows with eps; at Linf 1 (any image reachable) it takes every
+    correct point of a class with a mistake among the evaluation points; and the study's attacks
+    at L2 1.5 leave no more robust accuracy than that bound."""
+    from study.evaluators.trivial import table
+
+    trivial = frame.filter(pl.col("evaluator") == "trivial")
+    assert trivial.height == 2 * 5
+    nearest = read_artifact(str(epsilon_sweep.results), "trivial_nearest")
+    for (tid,), rows in trivial.group_by("trial_id"):
+        for norm in ("linf", "l2"):
+            rates = rows.filter(pl.col("norm") == norm).sort("eps").get_column("trivial_rate").to_list()
+            assert rates == sorted(rates)
+        points = nearest.filter(pl.col("trial_id") == tid, pl.col("norm") == "linf")
+        with_mistake = points.filter(~pl.col("correct")).get_column("class").unique()
+        floor = points.filter(pl.col("correct"), pl.col("class").is_in(with_mistake.implode())).height / points.height
+        at_1 = rows.filter(pl.col("norm") == "linf", pl.col("eps") == 1.0).row(0, named=True)
+        reachable = points.filter(pl.col("correct"), pl.col("mistaken_same").is_finite()).height / points.height
+        assert 0 < floor <= reachable and at_1["trivial_rate"] == pytest.approx(reachable)
+        assert at_1["robust_bound"] == pytest.approx(at_1["clean_acc"] - at_1["trivial_rate"], abs=1e-6)
+    side = table(trivial, frame).filter(pl.col("norm") == "l2", pl.col("eps") == 1.5)
+    assert side.height == 2 and side.get_column("attacked_acc").is_not_null().all()
+    assert (side.get_column("attacked_acc") <= side.get_column("robust_bound") + 1e-9).all()
