@@ -121,8 +121,16 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
     out = {"trials": planning.n_trials(spec), "rows": planning.expected_rows(spec)}
     if configs is not None:
         store = ModelStore(spec.store_uri)
-        trained = [c for c in configs if c.get("checkpoint") is None]
-        keys = {model_key(c, features.fit_fingerprint(spec, TrainConfig.model_validate(c).train_set, ds.fingerprint)) for c in trained}
+        keys = set()
+        for c in configs:
+            if c.get("checkpoint") is not None:
+                continue
+            cfg = TrainConfig.model_validate(c)
+            fingerprint = features.fit_fingerprint(spec, cfg.train_set, ds.fingerprint)
+            key = model_key(c, fingerprint)
+            # An ensemble not stored yet is assembled from its members: they are what trains.
+            members = cfg.member_configs() if cfg.members is not None and not store.has(key) else []
+            keys |= {model_key(m.model_dump(mode="json"), fingerprint) for m in members} or {key}
         out["models"] = len(keys)
         out["in_store"] = sum(store.has(k) for k in keys)
         out["checkpoints"] = len({c["checkpoint"] for c in configs if c.get("checkpoint") is not None})

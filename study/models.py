@@ -39,6 +39,7 @@ class Registered:
     linear: bool = False  # logits affine in the input: closed-form geometry on two classes
     stochastic: bool = False  # MC dropout kept on at prediction (study.mc)
     embedding: bool = False  # a model of the user's with ``embed(x)`` (a triplet model has one by its objective)
+    ensemble: bool = False  # members whose averaged probabilities it predicts with (``Ensemble``)
 
     def params(self) -> set[str]:
         return set(inspect.signature(self.factory).parameters) & set(MODEL_PARAMS)
@@ -53,7 +54,7 @@ class Registered:
     def capabilities(self) -> frozenset[str]:
         """What evaluators may need of a model (an entry's ``every_model_needs`` /
         ``some_model_needs``): ``stochastic``, ``embedding``."""
-        return frozenset(c for c, has in (("stochastic", self.stochastic), ("embedding", self.embeds), ("linear", self.linear)) if has)
+        return frozenset(c for c, has in (("stochastic", self.stochastic), ("embedding", self.embeds), ("linear", self.linear), ("ensemble", self.ensemble)) if has)
 
 
 # What a model of the user's may declare (``capabilities = ("stochastic",)`` on its class or
@@ -62,6 +63,7 @@ CAPABILITIES = {
     "stochastic": "MC dropout kept on at prediction (study.mc.MCDropout layers)",
     "embedding": "an embedding, model.embed(x)",
     "linear": "logits affine in the input (the geometry evaluator's closed forms on two classes)",
+    "ensemble": "members whose averaged class probabilities it predicts with (model.members: an nn.ModuleList of classifiers)",
 }
 
 
@@ -78,6 +80,26 @@ def register(name: str, objective: str = "cross_entropy", binary: bool = False, 
 
 # What advsweep passes to an imported model's callable when its signature asks for it.
 _PROVIDED = ("num_classes", "n_classes", "input_shape")
+
+
+class Ensemble(nn.Module):
+    """Members trained separately, predicting by their averaged class probabilities
+    (``model: {ensemble: [...]}``; study.train.init_model builds it from the members' configs).
+    Its output is the log of that average, so its argmax is the ensemble's class, its softmax
+    the averaged probabilities, and cross-entropy on it their negative log-likelihood: every
+    attack differentiates through the whole ensemble."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        logp = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
+def _ensemble_factory(input_shape, n_classes):
+    raise ValueError("an ensemble is built from its members' configs (study.train.init_model)")
 
 
 def entry(name: str) -> Registered:
@@ -106,7 +128,7 @@ def _imported(path: str) -> Registered:
     declared = getattr(fn, "capabilities", ())
     if isinstance(declared, str) or not all(c in CAPABILITIES for c in declared):
         raise ValueError(f"{path}: capabilities must list some of {', '.join(CAPABILITIES)}, got {declared!r}")
-    return Registered(factory, stochastic="stochastic" in declared, linear="linear" in declared, embedding="embedding" in declared)
+    return Registered(factory, stochastic="stochastic" in declared, linear="linear" in declared, embedding="embedding" in declared, ensemble="ensemble" in declared)
 
 
 def _has_signature(fn) -> bool:
@@ -385,3 +407,7 @@ def triplet(input_shape, n_classes, margin=0.2, triplet_loss="margin", dim=32, c
     """A triplet network: the cnn's layers as the embedding network (output ``dim``, normalised),
     classifying by nearest class centroid. ``margin`` and ``triplet_loss`` are training axes."""
     return Triplet(_cnn(input_shape, dim, channels, hidden, dropout=0.0), dim, n_classes, margin, triplet_loss)
+
+
+# Last, so the error messages list the models first: an ensemble is built from their configs.
+MODELS["ensemble"] = Registered(_ensemble_factory, ensemble=True)

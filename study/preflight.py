@@ -57,6 +57,8 @@ def check_models(spec: StudySpec, ds: Dataset, workdir: str | None = None) -> st
             return f"train.model: {cfg.model} declares the capability stochastic but has no study.mc.MCDropout layer with p > 0"
         if "embedding" in declared and not callable(getattr(model, "embed", None)):
             return f"train.model: {cfg.model} declares the capability embedding but has no embed(x) method"
+        if "ensemble" in declared and not (isinstance(getattr(model, "members", None), torch.nn.ModuleList) and len(model.members) > 1):
+            return f"train.model: {cfg.model} declares the capability ensemble but has no members (an nn.ModuleList of at least 2 classifiers)"
         if cfg.normalize is not None and len(cfg.normalize.mean) not in (1, ds.input_shape[0]):
             return f"train.normalize: {len(cfg.normalize.mean)} channel means for {ds.input_shape[0]}-channel images"
         try:

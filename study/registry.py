@@ -41,6 +41,7 @@ BUILTIN = {
     "gaussian": "study.evaluators.gaussian:EVALUATOR",
     "calibration": "study.evaluators.calibration:EVALUATOR",
     "trivial": "study.evaluators.trivial:EVALUATOR",
+    "members": "study.evaluators.members:EVALUATOR",
 }
 
 Column = tuple  # (name, pyarrow type, group, meaning), as study.results.COLUMNS

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "10"
+SCHEMA_VERSION = "11"
 _META_KEY = b"advsweep.schema_version"
 # A trial file also keeps the trial's final Tune report, so a trial whose rows are already written
 # (a resumed sweep, a retried worker) reports it again instead of computing the rows a second time.
@@ -54,6 +54,7 @@ COLUMNS = [
     ("channels", pa.int64(), "training", "cnn, mc-cnn, triplet: the second conv stage's channels, the first has half (null: the model's default)"),
     ("model_args", pa.string(), "training", "a model of the user's (by import path): its keyword arguments from the spec, as JSON; null otherwise"),
     ("normalize", pa.string(), "training", "input normalisation inside the model, as JSON {mean, std}: the model sees (x - mean) / std, attacks work in [0, 1] pixel space; null for none"),
+    ("members", pa.string(), "training", "a model ensemble (model `ensemble`): its members as the spec gives them (train.model values), as JSON; member i has seed seed + i unless it sets one; null otherwise"),
     ("checkpoint", pa.string(), "training", "pretrained weights evaluated as they are (path or URI, as the spec writes it): the model was not trained here, and the training columns (epochs, lr, ...) are null; null for a model trained by the study"),
     ("checkpoint_sha256", pa.string(), "training", "sha256 of the checkpoint file's bytes (16 hex digits): which weights the row measured"),
     ("adv_attack", pa.string(), "training", "adversarial-training attack (fgsm, pgd), null for standard training"),

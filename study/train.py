@@ -25,6 +25,10 @@ from study.spec.training import NOISE
 
 
 def init_model(cfg: TrainConfig, input_shape, n_classes: int) -> torch.nn.Module:
+    if cfg.members is not None:
+        model = models.Ensemble([init_model(m, input_shape, n_classes) for m in cfg.member_configs()])
+        model.objective = "cross_entropy"
+        return model
     params = {name: getattr(cfg, name) for name in models.MODEL_PARAMS if getattr(cfg, name) is not None}
     normalize = cfg.normalize.model_dump() if cfg.normalize is not None else None
     with torch.random.fork_rng(devices=[]):

@@ -24,6 +24,7 @@ from study.data import Dataset
 from study.names import adversarial_name
 from study.seeds import stream_seed
 from study.spec import StudySpec, TrainConfig
+from study.spec.training import ensemble_name
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -55,7 +56,7 @@ def trial_id(study: str, cfg: TrainConfig) -> str:
 
 def label(cfg: TrainConfig, swept: list[str]) -> str:
     """A short readable name built from the axes the study sweeps."""
-    parts = [cfg.model]
+    parts = [cfg.model if cfg.members is None else ensemble_name(cfg.members)]
     for name in swept:
         if name == "model":
             continue
@@ -109,6 +110,7 @@ def training_columns(cfg: TrainConfig, spec: StudySpec) -> dict:
         set_start=cfg.train_set.start if cfg.train_set else None,
         model_args=json.dumps(cfg.model_args, sort_keys=True) if cfg.model_args else None,
         normalize=json.dumps(cfg.normalize.model_dump(), sort_keys=True) if cfg.normalize else None,
+        members=json.dumps(cfg.members) if cfg.members is not None else None,
         checkpoint=cfg.checkpoint,
     )
     if cfg.checkpoint is not None:  # evaluated as it is: no training setting applies
@@ -188,9 +190,10 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     # starts it from the trial's seed, so numbers do not depend on what ran before in the worker.
     with seeded(device, cfg.seed, "clean"):
         ctx.correct
+    capabilities = models.entry(cfg.model).capabilities
     for axes in spec.evaluate:
-        if axes.scope != "trial":
-            continue
+        if axes.scope != "trial" or not axes.some_model_needs() <= capabilities:
+            continue  # a study evaluator, or one for models of another kind (planning counts no rows for them)
         with seeded(device, cfg.seed, "evaluate", json.dumps(axes.model_dump(mode="json"), sort_keys=True)):
             rows += evaluators.run(ctx, axes)
     eval_s = time.perf_counter() - eval_start
@@ -297,10 +300,26 @@ def trained_model(cfg: TrainConfig, data: Dataset, fingerprint: str, store: Mode
     if announce:
         announce("model from the store" if from_store else "training")
     if not from_store:
-        out = train(model, cfg, *fit, *held_out, on_epoch=on_epoch)
-        meta = {"train_s": out["train_s"]}
+        if cfg.members is not None:
+            meta = _ensemble(model, cfg, data, fingerprint, store, fit, held_out, announce, study)
+        else:
+            meta = {"train_s": train(model, cfg, *fit, *held_out, on_epoch=on_epoch)["train_s"]}
         store.save(key, model, meta)
     return model, meta, from_store
+
+
+def _ensemble(model, cfg: TrainConfig, data, fingerprint, store, fit, held_out, announce, study) -> dict:
+    """An ensemble's members, each from the store (a trial of the same config, or an earlier
+    ensemble, trained it) or trained now on its own and stored under its own key; their
+    weights go into ``model``. Returns the ensemble's metadata (train_s: the members trained here)."""
+    train_s, stored = 0.0, 0
+    for i, member_cfg in enumerate(cfg.member_configs()):
+        say = (lambda source, i=i: announce(f"member {i}: {source}")) if announce else None
+        member, meta, from_store = trained_model(member_cfg, data, fingerprint, store, fit, held_out, say, study=study)
+        model.members[i].load_state_dict(member.state_dict())
+        train_s += 0.0 if from_store else meta["train_s"]
+        stored += from_store
+    return {"train_s": train_s, "members_from_store": stored}
 
 
 def _source(spec: StudySpec, which: str, data: Dataset, store: ModelStore, tensors) -> torch.nn.Module:

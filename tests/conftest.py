@@ -192,6 +192,11 @@ def natural_sweep(ray_session, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ensemble_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "ensemble.yaml", "ensemble")
+
+
+@pytest.fixture(scope="session")
 def epsilon_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, SPECS / "epsilon.yaml", "epsilon")
 

@@ -3,7 +3,6 @@ across attacks, and the default evaluation against a model whose gradients are m
 
 from __future__ import annotations
 
-import math
 
 import polars as pl
 import pytest

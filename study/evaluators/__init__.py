@@ -7,7 +7,8 @@ evaluators (``transfer``, ``embedding-transfer``, ``features``, the model-free `
 need every trial's model, so they run once after the trials (``StudyEvalContext``). The natural
 and reconstruction evaluators (and natural input sets) use the study's generative model,
 trained once before the trials (study.trial.prepare_generative) and handed in ``ctx.generative``.
-``embedding`` runs only for models with an embedding (triplet); it returns no rows for others.
+``embedding`` runs only for models with an embedding and ``members`` only for ensembles: a trial
+skips an entry whose ``some_model_needs`` its model lacks.
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ def probabilities(model, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int) -> float:
     """ECE over ``bins`` equal-width bins (0, 1/B], (1/B, 2/B], ...; a confidence of 0 joins the first."""
     which = (conf * bins).ceil().clamp(1, bins).long() - 1
-    n = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, torch.ones_like(conf, dtype=torch.float64))
     hits = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, correct.double())
     total = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, conf.double())
     return float(((hits - total).abs()).sum() / len(conf))

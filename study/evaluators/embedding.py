@@ -118,8 +118,6 @@ def knn_accuracy(e_query, y_query, e_ref, y_ref, batch: int = 1024) -> float:
 
 def evaluate(ctx, axes) -> list[dict]:
     model = ctx.model
-    if not hasattr(model, "embed"):
-        return []
     start = time.perf_counter()
     n_classes = ctx.n_classes
     e_train = embeddings(model.embed, ctx.x_train)

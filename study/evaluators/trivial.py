@@ -141,7 +141,6 @@ def table(rows, df):
 def chart(rows, df):
     """robust_bound and the attacks' robust accuracy against eps, one panel per norm."""
     import altair as alt
-    import polars as pl
 
     data = table(rows, df).unpivot(index=["label", "against", "norm", "eps"], on=["robust_bound", "attacked_acc"], variable_name="measure", value_name="accuracy")
     data = data.drop_nulls("accuracy")

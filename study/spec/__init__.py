@@ -195,7 +195,7 @@ class StudySpec(Strict):
         """The training axes a trial's label shows: those the study varies, and the
         hyperparameters its model variants set."""
         swept = [n for n, a in self.train.items() if a.kind != "value"]
-        variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k not in ("name", "import")]
+        variants = [k for v in self.train["model"].values if isinstance(v, dict) for k in v if k not in ("name", "import", "ensemble")]
         return swept + [k for k in dict.fromkeys(variants) if k not in swept]
 
     def data_problem(self, n_eval: int, n_classes: int, n_train: int = 1, input_shape: tuple[int, ...] | None = None) -> str | None:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_v
 
 from study.spec.constraints import Strict
 from study.spec.errors import AxisError, message, split_nested
-from study.spec.training import VARIANT_FIELDS, TrainConfig
+from study.spec.training import VARIANT_FIELDS, TrainConfig, ensemble_name
 from study.types import NonNegFloat, PosFloat, PosInt, _not_bool
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -100,6 +100,8 @@ def option_label(value) -> str:
         return "none"
     if not isinstance(value, dict):
         return str(value)
+    if "ensemble" in value:
+        return ensemble_name(value["ensemble"])
     return "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value.values() if v is not None)
 
 
@@ -111,6 +113,8 @@ def parse_train_axes(raw) -> dict[str, Axis]:
     axes = {}
     for name, value in raw.items():
         field = TrainConfig.model_fields.get(name)
+        if name == "members":
+            raise AxisError((name,), "an ensemble's members are part of its model: model: {ensemble: [cnn, mlp]} or {ensemble: maxout, size: 5}")
         if name == "model_args":
             raise AxisError((name,), "give an imported model's arguments in its variant, e.g. model: {import: mylab.nets:WideResNet, depth: 28}")
         if field is None:
@@ -128,6 +132,8 @@ def _parse_axis(name: str, value) -> Axis:
             err = e.errors()[0]
             sub, msg = split_nested(message(err))
             raise AxisError((name, *loc, *err["loc"][1:], *([sub] if sub and sub != name else [])), msg) from None
+        if name == "model" and isinstance(v, dict) and cfg.members is not None:
+            return {"ensemble": cfg.members}
         if name == "model" and isinstance(v, dict):
             dumped = cfg.model_dump(mode="json")
             own = {k: dumped.get(k) for k in v if k in VARIANT_FIELDS}

@@ -167,11 +167,25 @@ def variant_model(value) -> str:
     """The model name a ``train.model`` value stands for (a name, or a variant mapping)."""
     if not isinstance(value, dict):
         return value
+    if "ensemble" in value:
+        return "ensemble"
     if "import" in value:
         return value["import"]
     if "torchvision" in value:
         return f"torchvision.models:{value['torchvision']}"
     return value.get("name")
+
+
+def ensemble_name(members: list) -> str:
+    """``ensemble(maxout x5)``, ``ensemble(cnn+mlp hidden=64)``: how labels name an ensemble."""
+
+    def one(m) -> str:
+        if not isinstance(m, dict):
+            return str(m)
+        return " ".join([variant_model(m), *(f"{k}={v}" for k, v in m.items() if k not in ("name", "import", "torchvision"))])
+
+    names = [one(m) for m in members]
+    return f"ensemble({names[0]} x{len(names)})" if len(set(names)) == 1 else f"ensemble({'+'.join(names)})"
 
 
 class TrainConfig(Strict):
@@ -196,6 +210,7 @@ class TrainConfig(Strict):
     adversarial: Optional[AdversarialTraining] = None
     train_set: Optional[TrainSet] = None  # null: the dataset's training split (D); else a constructed set
     seed: Optional[Annotated[int, BeforeValidator(_not_bool)]] = None  # defaults to the study seed
+    members: Optional[list[Union[str, dict[str, Any]]]] = None  # model ensemble: its members, as train.model values (each may set its seed)
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +221,8 @@ class TrainConfig(Strict):
         if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
             return data
         variant = dict(data["model"])
+        if "ensemble" in variant:
+            return {**data, "model": "ensemble", "members": _ensemble_members(variant)}
         kinds = [k for k in ("name", "import", "torchvision") if k in variant]
         if len(kinds) != 1:
             raise ValueError("a model variant names its model once: `name` (a registry model), `import` (package.module:name) or `torchvision` (e.g. resnet18)")
@@ -226,6 +243,40 @@ class TrainConfig(Strict):
                 raise ValueError(f"{param} is set both in the model variant and as a training axis")
         args = {"model_args": variant} if variant else {}
         return {**data, **own, **args, "model": name}
+
+    @model_validator(mode="after")
+    def _ensemble(self):
+        if (self.model == "ensemble") != (self.members is not None):
+            raise ValueError("members: only an ensemble has members (model: {ensemble: [cnn, mlp]} or {ensemble: maxout, size: 5})")
+        if self.members is None:
+            return self
+        for field in ("normalize", "checkpoint", "model_args", *models.MODEL_PARAMS):
+            if getattr(self, field) not in (None, {}):
+                raise ValueError(f"{field}: set it on the ensemble's members, not on the ensemble")
+        for i, member in enumerate(self.member_configs()):
+            registered = models.entry(member.model)
+            if member.members is not None:
+                raise ValueError(f"model.ensemble[{i}]: an ensemble's members are models, not ensembles")
+            if registered.objective != "cross_entropy" or registered.binary or member.checkpoint is not None or member.normalize is not None:
+                raise ValueError(f"model.ensemble[{i}]: {member.model}: an ensemble averages the class probabilities of softmax classifiers trained here (no rbf, svm, triplet, checkpoint or normalize)")
+        return self
+
+    def member_configs(self) -> list["TrainConfig"]:
+        """Each member's own training config: the ensemble's recipe (epochs, lr, adversarial
+        training, ...) with the member's model, and seed + i unless the member sets its seed, so
+        a member is the same model (the same store key) as a trial of that config."""
+        recipe = self.model_dump(mode="json", exclude={"model", "members", "seed", *models.MODEL_PARAMS})
+        out = []
+        for i, value in enumerate(self.members or ()):
+            value = dict(value) if isinstance(value, dict) else {"name": value}
+            seed = value.pop("seed", None)
+            if seed is None and self.seed is not None:
+                seed = self.seed + i
+            try:
+                out.append(TrainConfig.model_validate({**recipe, "model": value, "seed": seed}))
+            except ValueError as e:
+                raise ValueError(f"model.ensemble[{i}]: {_first_error(e)}") from None
+        return out
 
     @model_validator(mode="after")
     def _known_model(self):
@@ -249,7 +300,7 @@ class TrainConfig(Strict):
         # Unset extension fields stay out of the dump, so the keys of every earlier model (which
         # hash it) are unchanged.
         out = handler(self)
-        for name, empty in (("model_args", {}), ("normalize", None), ("checkpoint", None)):
+        for name, empty in (("model_args", {}), ("normalize", None), ("checkpoint", None), ("members", None)):
             if out.get(name) == empty:
                 out.pop(name, None)
         return out
@@ -260,6 +311,31 @@ class TrainConfig(Strict):
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def _ensemble_members(variant: dict) -> list:
+    """``{ensemble: [cnn, {name: mlp, hidden: 64}]}`` (each member a train.model value, which may
+    set its own ``seed``) or ``{ensemble: maxout, size: 5}`` (one model, ``size`` times)."""
+    members, size = variant.get("ensemble"), variant.get("size")
+    extra = set(variant) - {"ensemble", "size"}
+    if extra:
+        raise ValueError(f"an ensemble takes `ensemble` (its members) and `size` only, not {', '.join(sorted(extra))}")
+    if isinstance(members, (str, dict)):
+        if size is None:
+            raise ValueError("size: an ensemble of one model names how many members it has ({ensemble: maxout, size: 5})")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise ValueError("size: an ensemble has at least 2 members")
+        return [members] * size
+    if size is not None:
+        raise ValueError("size: repeats a single member; a list of members gives its own size")
+    if not isinstance(members, list) or len(members) < 2:
+        raise ValueError("ensemble: a list of at least 2 members (registry names or model variants)")
+    return members
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    return errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(e)
 
 
 class GenerativeSpec(Strict):
