@@ -29,10 +29,10 @@ from study.names import DISTANCE_NORMS
 
 ARTIFACTS = (
     "tilting-plane", "perturbation", "uncertainty", "natural", "natural_images", "class_distances", "class_eps", "class_eps_robustness",
-    "crafted_images", "embedding_distances", "embedding_class_distances", "embedding_adversaries", "gaussian",
+    "crafted_images", "embedding_distances", "embedding_class_distances", "embedding_adversaries", "gaussian", "unrestricted_examples",
 )
 # The generative model's grids under generative/ (study.trial.prepare_generative), by report stem.
-GENERATIVE = {"generative-samples": "samples.png", "generative-reconstructions": "reconstructions.png"}
+GENERATIVE = {"generative-samples": "samples.png", "generative-reconstructions": "reconstructions.png", "acgan-samples": "acgan-samples.png"}
 GENERATIVE_SCALE = 2  # their 28 px digits, enlarged (nearest neighbour) to read on the page
 # A study varying one training axis gets a one-row heatmap; with more values than this, none.
 HEATMAP_MAX_STRIP = 8
@@ -162,6 +162,7 @@ def _generative_images(grids: dict[str, bytes]) -> list[tuple[str, str, str, byt
             "The generator's reconstructions",
             "Test images, rows of 8, each row above its reconstruction G(I(x)) through the inverter I and the generator G: how much of a point the search's start and the defense keep.",
         ),
+        "acgan-samples": ("The AC-GAN's samples", "Samples G(z, y) of the study's class-conditional AC-GAN, one row per class y (the unrestricted search starts from such samples)."),
     }
     return [(stem, *what[stem], images.upscale(grids[stem], GENERATIVE_SCALE)) for stem in GENERATIVE if stem in grids]
 

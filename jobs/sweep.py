@@ -23,10 +23,12 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from study import __version__, data, features, fsio, imports, planning, preflight, results
+from study import (__version__, data, features, fsio, imports, planning,
+                   preflight, results)
+from study.acgan import acgan_key
 from study.data import DataError
-from study.spec import SpecError, StudySpec, TrainConfig, load_spec
 from study.generative import generative_key
+from study.spec import SpecError, StudySpec, TrainConfig, load_spec
 from study.store import ModelStore, model_key
 
 SPEC_FILE = "spec.json"  # the resolved spec a sweep started with; --resume checks it is unchanged
@@ -136,6 +138,8 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
         out["checkpoints"] = len({c["checkpoint"] for c in configs if c.get("checkpoint") is not None})
     if spec.needs_generative:
         out["generative_in_store"] = ModelStore(spec.store_uri).has(generative_key(spec.generative, ds.fingerprint))
+    if spec.needs_acgan:
+        out["acgan_in_store"] = ModelStore(spec.store_uri).has(acgan_key(spec.acgan, ds.fingerprint))
     if spec.train_sets():
         store = ModelStore(spec.store_uri)
         out["train_sets"] = {features.name(s): store.has(features.set_key(spec, s, ds.fingerprint)) for s in spec.train_sets()}
@@ -162,7 +166,9 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     from ray import tune
 
     from jobs import search
-    from study.trial import StudyContext, prepare_features, prepare_generative, run_study_evaluators, run_trial
+    from study.trial import (StudyContext, prepare_acgan, prepare_features,
+                             prepare_generative, run_study_evaluators,
+                             run_trial)
 
     started = datetime.now(timezone.utc)
     run_started = int(time.time())  # Tune stamps reports in whole seconds
@@ -191,6 +197,11 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         task = ray.remote(prepare_generative).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
         gen_meta = ray.get(task.remote(context, ds))
         print(f"generative model {gen_meta['key']}: {'from the store' if gen_meta['from_store'] else 'trained in %.0f s' % gen_meta['train_s']}", flush=True)
+    if spec.needs_acgan:
+        # Once per sweep, before any trial, like the generative model: the AC-GAN and the judges.
+        task = ray.remote(prepare_acgan).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+        ac_meta = ray.get(task.remote(context, ds))
+        print(f"AC-GAN {ac_meta['key']}: {'from the store' if ac_meta['from_store'] else 'trained in %.0f s' % ac_meta['train_s']}", flush=True)
     sets = None
     if spec.needs_features:
         # Once per sweep, before any trial: the source models and every constructed training set,
@@ -410,6 +421,8 @@ def main(argv=None, prog="python -m jobs.sweep") -> int:
         print(f"{spec.name}: {p['trials']} trials, {models}; {rows}")
         if "generative_in_store" in p:
             print(f"generative model: {'in the store' if p['generative_in_store'] else 'to train before the trials'}")
+        if "acgan_in_store" in p:
+            print(f"AC-GAN: {'in the store' if p['acgan_in_store'] else 'to train before the trials'} (and its judges, if not stored)")
         for name, present in p.get("train_sets", {}).items():
             print(f"training set {name}: {'in the store' if present else 'to build before the trials'}")
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")

@@ -42,6 +42,7 @@ BUILTIN = {
     "calibration": "study.evaluators.calibration:EVALUATOR",
     "trivial": "study.evaluators.trivial:EVALUATOR",
     "members": "study.evaluators.members:EVALUATOR",
+    "unrestricted": "study.evaluators.unrestricted:EVALUATOR",
 }
 
 Column = tuple  # (name, pyarrow type, group, meaning), as study.results.COLUMNS
@@ -83,6 +84,14 @@ class Entry(BaseModel):
     def uses_generative(self) -> bool:
         """It needs the study's generative model (trained once, before the trials)."""
         return False
+
+    def uses_acgan(self) -> bool:
+        """It needs the study's AC-GAN (class-conditional, trained once, before the trials)."""
+        return False
+
+    def judges(self) -> list:
+        """Models it scores with that the study trains once before the trials (TrainConfigs)."""
+        return []
 
     def uses_feature_sources(self) -> bool:
         """It needs the study's feature-source models (study.features, trained before the trials)."""

@@ -105,7 +105,7 @@ COLUMNS = [
     ("success_rate", pa.float64(), "metric", "fraction of the originally correct points the attack fooled (in a cascade: the ensemble so far)"),
     ("adv_confidence_mean", pa.float64(), "metric", "mean confidence (the model's probability of the class it predicts) on the successful adversarial examples"),
     ("transfer_error", pa.float64(), "metric", "transfer, features: the target's error rate on the source's adversarial examples (every evaluation point)"),
-    ("queries_mean", pa.float64(), "metric", "natural, square: mean classifier queries spent per searched point (found or not)"),
+    ("queries_mean", pa.float64(), "metric", "natural, square: mean classifier queries spent per searched point (found or not); unrestricted: mean search steps per point (found or not)"),
     ("queries_median", pa.float64(), "metric", "natural: median classifier queries per searched point"),
     ("recon_acc", pa.float64(), "metric", "reconstruction: accuracy on G(I(inputs)), the inputs projected through the inverter and generator (the reconstruction defense); natural: accuracy on the points' reconstructions G(I(x))"),
     ("within_mean", pa.float64(), "metric", "distances: mean pairwise distance within a class (i != j), averaged over classes; embedding: the same in the embedding"),

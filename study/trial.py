@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import checkpoints, evaluators, features, fsio, generative, imports, models, planning, results
+from study import (acgan, checkpoints, evaluators, features, fsio, generative,
+                   imports, models, planning, results)
 from study.data import Dataset
 from study.names import adversarial_name
 from study.seeds import stream_seed
@@ -184,7 +185,11 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
 
     rows = []
     gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
-    ctx = evaluators.EvalContext(model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model, n_classes=data.n_classes)
+    ac_model = acgan.trained(spec.acgan, x, y, data.n_classes, data.fingerprint, store, progress=False)[0] if spec.needs_acgan else None
+    ctx = evaluators.EvalContext(
+        model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model,
+        n_classes=data.n_classes, acgan=ac_model, stored_model=lambda judge: stored_model(judge, data, store, device),
+    )
     eval_start = time.perf_counter()
     # A stochastic model's dropout masks come from torch's global generator: each piece of work
     # starts it from the trial's seed, so numbers do not depend on what ran before in the worker.
@@ -320,6 +325,34 @@ def _ensemble(model, cfg: TrainConfig, data, fingerprint, store, fit, held_out, 
         train_s += 0.0 if from_store else meta["train_s"]
         stored += from_store
     return {"train_s": train_s, "members_from_store": stored}
+
+
+def stored_model(cfg: TrainConfig, data: Dataset, store: ModelStore, device) -> torch.nn.Module:
+    """A model the study trained before the trials (a judge), from the store, in eval mode."""
+    model = init_model(cfg, data.input_shape, data.n_classes).to(device)
+    key = model_key(cfg.model_dump(mode="json"), data.fingerprint)
+    if store.load(key, model) is None:
+        raise RuntimeError(f"model {key} ({label(cfg, [])}) is not in the store {store.uri}; jobs.sweep trains it before the trials")
+    return model.eval()
+
+
+def prepare_acgan(study: StudyContext, data: Dataset) -> dict:
+    """Before the trials: the study's AC-GAN and every judge an evaluator names, from the store
+    or trained and stored now; the AC-GAN's class grid goes to generative/acgan-samples.png.
+    Returns the AC-GAN's metadata."""
+    imports.add_folders(study.code_folders)
+    spec = study.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    device = select_device(spec.resources.device, spec.resources.gpu)
+    store = ModelStore(study.store_uri)
+    tensors = tuple(_tensor(a, device) for a in (data.x_train, data.y_train, data.x_test, data.y_test))
+    model, meta = acgan.trained(spec.acgan, tensors[0], tensors[1], data.n_classes, data.fingerprint, store)
+    fs, base = fsio.resolve(study.results_uri)
+    fsio.write_atomic(fs, fsio.join(base, "generative", "acgan-samples.png"), acgan.class_grid(model, 8, spec.acgan.seed))
+    for judge in (j for e in spec.evaluate for j in e.judges()):
+        announce = lambda source, judge=judge: print(f"judge ({label(judge, [])}{', ' + adversarial_name(judge.adversarial.attack, judge.adversarial.norm, judge.adversarial.eps, judge.adversarial.alpha) if judge.adversarial else ''}): {source}", flush=True)
+        trained_model(judge, data, data.fingerprint, store, tensors[:2], tensors[2:], announce, study=study)
+    return meta
 
 
 def _source(spec: StudySpec, which: str, data: Dataset, store: ModelStore, tensors) -> torch.nn.Module:

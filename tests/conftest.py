@@ -197,6 +197,11 @@ def ensemble_sweep(ray_session, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def unrestricted_sweep(ray_session, tmp_path_factory):
+    return _first_run(tmp_path_factory, SPECS / "unrestricted.yaml", "unrestricted")
+
+
+@pytest.fixture(scope="session")
 def epsilon_sweep(ray_session, tmp_path_factory):
     return _first_run(tmp_path_factory, SPECS / "epsilon.yaml", "epsilon")
 

@@ -38,6 +38,8 @@ class EvalContext:
     results_uri: str
     generative: Any = None  # study.generative.Generative when an evaluator needs it
     n_classes: int | None = None  # the dataset's; by default the largest label seen + 1
+    acgan: Any = None  # study.acgan.ACGAN when an evaluator needs it
+    stored_model: Callable[[Any], torch.nn.Module] | None = None  # a TrainConfig's model from the study's store (a judge)
 
     def __post_init__(self):
         if self.n_classes is None:

@@ -189,7 +189,7 @@ def _write_images(ctx, k: int, x, y, recon, searches, g, index: list[int]) -> No
 
 
 COLUMNS = (
-    ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space)"),
+    ("latent_dist_mean", pa.float64(), "metric", "natural: mean ||z* - I(x)||_2 of the adversaries found (latent space); unrestricted: mean ||z* - z0||_2 of the successes"),
     ("latent_dist_median", pa.float64(), "metric", "natural: median latent distance"),
     ("recon_l2_mean", pa.float64(), "metric", "natural: mean L2 of G(z*) - G(I(x)), the adversary's distance from the point's own reconstruction (`l2_mean` is from x)"),
     ("recon_linf_mean", pa.float64(), "metric", "natural: mean Linf of G(z*) - G(I(x))"),

@@ -26,6 +26,7 @@ from study.spec.evaluation import AttackSpec, InputSet, parse_entries
 from study.spec.search import EPOCH_METRICS, Axis, Resources, SearchSpec, parse_train_axes
 from study.spec.training import (
     TRAINING_ONLY,
+    ACGANSpec,
     AdversarialTraining,
     DataSpec,
     FeaturesSpec,
@@ -38,7 +39,7 @@ from study.spec.training import (
 from study.types import _not_bool
 
 __all__ = [
-    "AdversarialTraining", "AttackSpec", "DataSpec", "FeaturesSpec", "GenerativeSpec", "InputSet", "Normalization", "SpecError", "StudySpec", "TrainConfig",
+    "ACGANSpec", "AdversarialTraining", "AttackSpec", "DataSpec", "FeaturesSpec", "GenerativeSpec", "InputSet", "Normalization", "SpecError", "StudySpec", "TrainConfig",
     "TrainSet", "load_spec", "parse_spec",
 ]
 
@@ -59,6 +60,7 @@ class StudySpec(Strict):
     store: Optional[str] = None  # model store; default: `store` beside the results folder
     seed: Annotated[int, BeforeValidator(_not_bool)] = 0
     generative: GenerativeSpec = GenerativeSpec()  # natural adversaries and the reconstruction defense
+    acgan: ACGANSpec = ACGANSpec()  # unrestricted adversarial examples (class-conditional)
     features: FeaturesSpec = FeaturesSpec()  # source models of constructed training sets (train_set)
 
     @field_validator("train", mode="before")
@@ -80,6 +82,13 @@ class StudySpec(Strict):
             raise ValueError("generative: no evaluator uses the generative model (natural, reconstruction, or a natural input set)")
         if self.generative.seed is None:
             self.generative.seed = self.seed
+        if "acgan" in self.model_fields_set and not self.needs_acgan:
+            raise ValueError("acgan: no evaluator uses the AC-GAN (unrestricted)")
+        if self.acgan.seed is None:
+            self.acgan.seed = self.seed
+        for judge in (j for e in self.evaluate for j in e.judges()):
+            if judge.seed is None:
+                judge.seed = self.seed
         for source in (self.features.standard, self.features.robust):
             if source.seed is None:
                 source.seed = self.seed
@@ -203,6 +212,8 @@ class StudySpec(Strict):
         does not know), as ``field: message``; None when the study can run."""
         if input_shape is not None and self.needs_generative and self.generative.arch == "conv" and tuple(input_shape[1:]) != (28, 28):
             return f"generative.arch: the conv generative networks take 28 x 28 images; the data's are {input_shape[1]} x {input_shape[2]} (use arch: mlp)"
+        if input_shape is not None and self.needs_acgan and self.acgan.arch == "conv" and tuple(input_shape[1:]) != (28, 28):
+            return f"acgan.arch: the conv networks take 28 x 28 images; the data's are {input_shape[1]} x {input_shape[2]} (use arch: mlp)"
         if n_train == 0:
             axis = self.train.get("checkpoint")
             if axis is None or any(v is None for v in axis.values):
@@ -227,6 +238,11 @@ class StudySpec(Strict):
     def needs_generative(self) -> bool:
         """Whether an evaluator uses the generative model (trained once, before the trials)."""
         return any(e.uses_generative() for e in self.evaluate)
+
+    @property
+    def needs_acgan(self) -> bool:
+        """Whether an evaluator uses the AC-GAN (trained once, before the trials)."""
+        return any(e.uses_acgan() for e in self.evaluate)
 
     @property
     def needs_features(self) -> bool:
