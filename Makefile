@@ -16,14 +16,14 @@ quickstart: $(VENV)/.installed
 	$(PY) -m jobs.sweep search_spaces/quickstart.yaml
 	$(PY) -m analysis.report results/quickstart
 
-# The fast tier (under 10 minutes on 2 cores). The report test opens the report in headless
+# The fast tier (under 10 minutes on 2 cores; the slowest tests listed at the end). The report test opens the report in headless
 # Chromium (Debian's package) with no network; under CI (CI=true) a missing Chromium fails it.
 test: $(VENV)/.installed chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The slow tier: the study-scale sweeps, the two-node cluster job, the no-lost-work kills.
 test-slow: $(VENV)/.installed chromium
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=20
 
 .PHONY: chromium
 chromium:
