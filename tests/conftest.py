@@ -15,7 +15,7 @@ SPECS = Path(__file__).parent / "specs"
 
 
 # Tests that use one of these study-scale sweeps are slow (`make test-slow`), wherever they are.
-SLOW_FIXTURES = {"tilting_sweep", "bnn_sweep", "bnn_model", "goodfellow_full_sweep"}
+SLOW_FIXTURES = {"tilting_sweep", "bnn_sweep", "bnn_model", "goodfellow_full_sweep", "ensemble_sweep", "unrestricted_sweep"}
 
 
 @pytest.hookimpl(tryfirst=True)

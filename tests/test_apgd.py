@@ -274,6 +274,7 @@ def test_ladder_is_never_weaker_than_separate_runs_and_chunking_does_not_matter(
 # Strength on real data: the numbers sweep's standard CNN
 
 
+@pytest.mark.slow  # PGD-100 and both APGDs on 500 points; the fast tier keeps test_known_answers' absolute bounds
 def test_apgd_is_at_least_as_strong_as_pgd_100_on_the_standard_cnn(standard_cnn):
     model, x_test, y_test = standard_cnn
     with torch.no_grad():

@@ -95,6 +95,7 @@ def test_analysis_load_reads_s3_results_back(s3_sweep):
     assert manifest["rows"] == df.height and {t["status"] for t in manifest["trials"]} == {"TERMINATED"}
 
 
+@pytest.mark.slow  # a second whole sweep process
 def test_second_sweep_loads_models_from_the_s3_store(s3_sweep):
     results, _ = s3_sweep
     again = sweep(results)
