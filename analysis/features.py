@@ -25,7 +25,9 @@ import math
 import altair as alt
 import numpy as np
 import polars as pl
-from scipy.stats import beta, norm as normal
+from scipy.stats import norm as normal
+
+from study.intervals import clopper_pearson
 
 from analysis.load import eager
 
@@ -116,17 +118,6 @@ def _sorted(table: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
 
 
 # -- intervals ----------------------------------------------------------------------------
-
-
-def clopper_pearson(k, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """The exact (Clopper-Pearson) ``confidence`` interval of a binomial proportion k / n, per
-    element: the beta quantiles, with 0 below k = 0 and 1 above k = n."""
-    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
-    a = (1 - confidence) / 2
-    with np.errstate(invalid="ignore"):
-        lo = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
-        hi = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
-    return lo, hi
 
 
 def wilson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:

@@ -110,3 +110,23 @@ def test_the_plan_counts_the_members_that_will_train(ensemble_sweep, tmp_path):
     assert (fresh["models"], fresh["in_store"]) == (3, 0)  # the plain mlp is member 0
     done = plan(spec.model_copy(update={"store": str(ensemble_sweep.results.parent / "store")}), ds)
     assert (done["models"], done["in_store"]) == (2, 2)  # the trial's model and the assembled ensemble
+
+
+def test_an_ensemble_of_identical_members_is_that_member():
+    """Known answer: averaging one model's probabilities with themselves changes nothing, so the
+    ensemble's probabilities, predictions and FGSM examples are the member's."""
+    import copy
+
+    from study import attacks, models
+    from study.norms import Linf
+    from study.rng import PointRNG
+
+    torch.manual_seed(0)
+    member = models.build("mlp", (1, 8, 8), 10).eval()
+    ensemble = models.Ensemble([member, copy.deepcopy(member), copy.deepcopy(member)]).eval()
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(10, (64,))
+    with torch.no_grad():
+        assert torch.allclose(ensemble(x).exp(), member(x).softmax(1), atol=1e-6)
+    fgsm = attacks.make("fgsm")
+    rng = PointRNG.for_points(0, len(y))
+    assert torch.allclose(fgsm(ensemble, x, y, 0.1, Linf, rng=rng), fgsm(member, x, y, 0.1, Linf, rng=rng))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from study.generative import image_grid
+from study.intervals import clopper_pearson
 from study.registry import Entry, Evaluator
 from study.seeds import stream_seed
 from study.spec.training import TrainConfig
@@ -81,6 +82,8 @@ class Options(Entry):
 COLUMNS = (
     ("unrestricted_mode", pa.string(), "evaluation", "unrestricted: untargeted (away from the source class) or targeted (a random other class per point)"),
     ("judge_error_rate", pa.float64(), "metric", "unrestricted: share of the successes the independent judge also gets wrong (a generalisation error or a changed class, not an adversarial example)"),
+    ("judge_error_low", pa.float64(), "metric", "unrestricted: judge_error_rate's 95% Clopper-Pearson interval over the successes, lower end"),
+    ("judge_error_high", pa.float64(), "metric", "unrestricted: judge_error_rate's 95% Clopper-Pearson interval over the successes, upper end"),
     ("judge_source_rate", pa.float64(), "metric", "unrestricted: share of the successes the independent judge still calls the source class"),
     ("generated_acc", pa.float64(), "metric", "unrestricted: the target model's accuracy on the unsearched samples G(z0, y_s)"),
     ("judge_generated_acc", pa.float64(), "metric", "unrestricted: the judge's accuracy on the unsearched samples G(z0, y_s)"),
@@ -159,6 +162,7 @@ def evaluate(ctx, options: Options) -> list[dict]:
                 latent_dist_mean=dist[ok].mean().item() if n_ok else None,
                 queries_mean=torch.where(ok, first, budget).double().mean().item(),
                 judge_error_rate=(judge_pred[ok] != ys[ok]).double().mean().item() if n_ok else None,
+                **dict(zip(("judge_error_low", "judge_error_high"), (float(v) for v in clopper_pearson(int((judge_pred[ok] != ys[ok]).sum()), n_ok)) if n_ok else (None, None))),
                 judge_source_rate=(judge_pred[ok] == ys[ok]).double().mean().item() if n_ok else None,
                 generated_acc=generated_acc, judge_generated_acc=judge_generated_acc,
             ))
@@ -184,12 +188,13 @@ def report(rows, inputs) -> list[tuple]:
         "Song et al.'s latent search through the study's AC-GAN, per model, mode and step budget: the share of generated points whose image the model "
         "misclassifies (untargeted) or calls the target (targeted) while the AC-GAN's auxiliary classifier still sees the source class, their mean latent "
         "distance and steps; judge_source: of those, the share the independent judge still calls the source class (adversarial); judge_error: the share "
-        "it gets wrong too (a generalisation error or a changed class, which the success rate counts as adversarial); generated_acc / judge_generated_acc: "
+        "it gets wrong too (a generalisation error or a changed class, which the success rate counts as adversarial), with its 95% Clopper-Pearson interval (low, high); generated_acc / judge_generated_acc: "
         "accuracy on the unsearched samples.",
         rows.sort("label", "unrestricted_mode", "steps").select(
             "label", pl.col("unrestricted_mode").alias("mode"), pl.col("steps").alias("budget"), pl.col("success_rate").round(3),
             pl.col("latent_dist_mean").round(3), pl.col("queries_mean").round(1), pl.col("judge_source_rate").round(3).alias("judge_source"),
-            pl.col("judge_error_rate").round(3).alias("judge_error"), pl.col("generated_acc").round(3), pl.col("judge_generated_acc").round(3),
+            pl.col("judge_error_rate").round(3).alias("judge_error"), pl.col("judge_error_low").round(3).alias("low"), pl.col("judge_error_high").round(3).alias("high"),
+            pl.col("generated_acc").round(3), pl.col("judge_generated_acc").round(3),
         ),
     )]
     examples = inputs.found.get("unrestricted_examples")
