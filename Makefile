@@ -30,10 +30,10 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium could not be installed: the report's browser test will skip (and fail under CI)"
 
-# The cluster path: a real two-node Ray cluster on this host (127.0.0.1 only) and the quickstart
+# The cluster path: a real two-node Ray cluster on this host (127.0.0.1 only) and a small study
 # submitted with `ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .` (minutes).
 test-cluster: $(VENV)/.installed
-	$(PY) -m pytest -q tests/test_cluster_job.py
+	$(PY) -m pytest -q -m slow tests/test_cluster_job.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/attacks.py

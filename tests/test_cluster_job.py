@@ -1,6 +1,7 @@
-"""The cluster path end to end: a real two-node Ray cluster on this host, the quickstart study
-submitted with the real CLI exactly as a user would (`ray job submit --runtime-env
-jobs/runtime_env.yaml --working-dir . -- python -m jobs.sweep ...`), trials on both nodes.
+"""The cluster path end to end: a real two-node Ray cluster on this host, a study of the
+quickstart's shape (tests/specs/cluster.yaml: 4 trials on 100 points) submitted with the real
+CLI exactly as a user would (`ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .
+-- python -m jobs.sweep ...`), trials on both nodes.
 
 Part of `make test-slow`, and alone: `make test-cluster`.
 
@@ -51,8 +52,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's bin: python and the `ray` CLI
-STUDY = "search_spaces/quickstart.yaml"
-QUICKSTART_ROWS = 416  # 8 trials x 52 rows (`python -m jobs.sweep ... --dry-run` says so)
+STUDY = "tests/specs/cluster.yaml"
+STUDY_ROWS, STUDY_TRIALS = 80, 4  # 4 trials x 20 rows (`python -m jobs.sweep ... --dry-run` says so)
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 1500
 
@@ -256,7 +257,7 @@ def local_cluster():
 # --- the test ----------------------------------------------------------------------------
 
 
-def test_quickstart_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
+def test_a_study_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
     c = local_cluster
     assert len(c.node_ids) == 2, c.info
     assert set(c.info["live_node_ids"]) == c.node_ids, c.info
@@ -269,7 +270,7 @@ def test_quickstart_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
         "import json, os, sys; print('PROBE ' + json.dumps({'exe': sys.executable, 'cwd': os.getcwd(), "
         "'bytes': sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk('.') for f in fs), "
         "'paths': {p: os.path.exists(p) for p in ['.venv', 'results', 'report', '.git', "
-        "'study/results.py', 'jobs/sweep.py', 'search_spaces/quickstart.yaml']}}))"
+        "'study/results.py', 'jobs/sweep.py', 'tests/specs/cluster.yaml']}}))"
     )
     out = c.submit("advsweep-probe", "python", "-c", probe)
     found = re.search(r"^PROBE (\{.*\})$", out.stdout, re.M)  # (the CLI also echoes the entry point)
@@ -278,7 +279,7 @@ def test_quickstart_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
     assert seen["cwd"].startswith(str(c.base)), seen["cwd"]  # unpacked on the cluster, not the checkout
     assert seen["paths"] == {
         ".venv": False, "results": False, "report": False, ".git": False,
-        "study/results.py": True, "jobs/sweep.py": True, "search_spaces/quickstart.yaml": True,
+        "study/results.py": True, "jobs/sweep.py": True, "tests/specs/cluster.yaml": True,
     }, seen
     assert seen["bytes"] < 5 * 2**20, f"the job's working dir holds {seen['bytes']} bytes"
     assert Path(seen["exe"]).parent == BIN, f"the job's python is {seen['exe']}, not the virtualenv's"
@@ -287,19 +288,19 @@ def test_quickstart_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
     # 2. The study itself.
     results = tmp_path / "results"
     t0 = time.monotonic()
-    out = c.submit("advsweep-quickstart", "python", "-m", "jobs.sweep", STUDY, "--results", str(results), timeout=JOB_TIMEOUT_S)
-    print(f"quickstart job: {time.monotonic() - t0:.0f}s")
-    assert c.succeeded("advsweep-quickstart")
-    logs = c.logs("advsweep-quickstart")
-    assert f"rows: {QUICKSTART_ROWS} (8 trials)" in logs, logs[-3000:]
-    assert "models: 8 trained, 0 from the store" in logs, logs[-3000:]  # a fresh store
+    out = c.submit("advsweep-study", "python", "-m", "jobs.sweep", STUDY, "--results", str(results), timeout=JOB_TIMEOUT_S)
+    print(f"study job: {time.monotonic() - t0:.0f}s")
+    assert c.succeeded("advsweep-study")
+    logs = c.logs("advsweep-study")
+    assert f"rows: {STUDY_ROWS} ({STUDY_TRIALS} trials)" in logs, logs[-3000:]
+    assert f"models: {STUDY_TRIALS} trained, 0 from the store" in logs, logs[-3000:]  # a fresh store
 
     import polars as pl
 
     df = pl.read_parquet(results / "results.parquet")
-    assert df.height == QUICKSTART_ROWS
-    assert df["row_key"].n_unique() == QUICKSTART_ROWS
-    assert df["trial_id"].n_unique() == 8
+    assert df.height == STUDY_ROWS
+    assert df["row_key"].n_unique() == STUDY_ROWS
+    assert df["trial_id"].n_unique() == STUDY_TRIALS
     # Trials ran on both nodes of this cluster, and only there.
     assert set(df["node_id"].unique().to_list()) == c.node_ids, (df["node_id"].unique().to_list(), c.node_ids)
 
