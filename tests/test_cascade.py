@@ -229,6 +229,13 @@ def test_the_default_evaluation_sees_through_masked_gradients(mlp):
     assert any("exactly 0" in w and "add apgd-t or square" in w for w in signs["ce"]), signs["ce"]
     assert any("DLR attacks broke" in w for w in signs["default"]), signs["default"]
     assert signs["plain"] == [], signs["plain"]
+    # Masked, and evaluated without FAB-T (the default leaves it out): the summary recommends the
+    # full AutoAttack for a published figure; an evaluation that ran FAB-T is not told so.
+    recommends = lambda lines: [w for w in lines if "`attacks: autoattack`" in w]  # noqa: E731
+    assert len(recommends(signs["default"])) == 1 and len(recommends(signs["ce"])) == 1
+    with_fab = [{**r, "ensemble": r["ensemble"].replace("apgd-t+", "apgd-t+fab-t+")} for r in default]
+    assert recommends(evaluation_warnings(frame(with_fab))) == []
+    assert any("DLR attacks broke" in w for w in evaluation_warnings(frame(with_fab)))
 
 
 def frame(rows) -> pl.DataFrame:
