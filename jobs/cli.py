@@ -2,10 +2,12 @@
 
     advsweep run SPEC [--results URI] [--resume] [--overwrite] [--dry-run]
     advsweep report RESULTS [--out DIR]
+    advsweep store ls|du|gc [STORE] [--dry-run]
 
 ``run`` is ``python -m jobs.sweep`` (still the entry point for ``ray job submit``, which runs a
 module from the working directory) and ``report`` is ``python -m analysis.report``, with the
 same options and exit status: 0 done, 1 a trial failed or rows are missing, 2 bad input.
+``store`` lists, sizes and cleans the model and evaluation store (jobs.store).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import sys
 COMMANDS = {
     "run": "run a study from its spec (python -m jobs.sweep)",
     "report": "write the report of a results folder (python -m analysis.report)",
+    "store": "what the store holds (ls), its size (du), drop unused evaluation entries (gc)",
 }
 
 
 def usage() -> str:
-    lines = ["usage: advsweep {run,report} ...", ""] + [f"  {name:<8}{what}" for name, what in COMMANDS.items()]
+    lines = ["usage: advsweep {run,report,store} ...", ""] + [f"  {name:<8}{what}" for name, what in COMMANDS.items()]
     return "\n".join(lines + ["", "advsweep COMMAND --help shows a command's options."])
 
 
@@ -38,6 +41,10 @@ def main(argv=None) -> int:
         from jobs import sweep
 
         return sweep.main(rest, prog="advsweep run")
+    if command == "store":
+        from jobs import store
+
+        return store.main(rest)
     from analysis import report
 
     return report.main(rest, prog="advsweep report")

@@ -1,4 +1,4 @@
-"""Run a study: ``advsweep run SPEC [--results URI] [--resume] [--overwrite] [--dry-run]``.
+"""Run a study: ``advsweep run SPEC [--results URI] [--resume] [--overwrite] [--fresh] [--dry-run]``.
 
 The same command, as ``python -m jobs.sweep``, is the ``ray job submit`` entry point; it runs on
 a laptop (embedded Ray) and on a cluster (``ray.init()`` honours RAY_ADDRESS). Exit status: 0
@@ -29,6 +29,7 @@ from study.acgan import acgan_key
 from study.data import DataError
 from study.generative import generative_key
 from study.spec import SpecError, StudySpec, TrainConfig, load_spec
+from study.evalstore import EvalStore
 from study.store import ModelStore, model_key
 
 SPEC_FILE = "spec.json"  # the resolved spec a sweep started with; --resume checks it is unchanged
@@ -40,6 +41,7 @@ def parse_args(argv, prog="python -m jobs.sweep"):
     p.add_argument("--results", help="results folder or URI (overrides the spec's `results`)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this spec and results folder")
     p.add_argument("--overwrite", action="store_true", help="replace the results of another study in the results folder")
+    p.add_argument("--fresh", action="store_true", help="compute every evaluation again, taking nothing from the evaluation store (models still come from the store)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     return p.parse_args(argv)
 
@@ -146,6 +148,53 @@ def plan(spec: StudySpec, ds: data.Dataset) -> dict:
     return out
 
 
+def evaluation_plan(spec: StudySpec, ds: data.Dataset, fresh: bool = False) -> list[str]:
+    """Per trial of a grid: where its model comes from, and which evaluator entries the
+    evaluation store holds for it (taken as they are) or not (computed; for the robustness
+    evaluator, which radii its attacks have not attacked on this model before)."""
+    from study import checkpoints, evalstore
+    from study.evaluators.robustness import standalone
+    from study.trial import label
+
+    configs = planning.grid_configs(spec)
+    if configs is None:
+        return ["evaluation: models are sampled at run time; each trial takes from the evaluation store what it holds"]
+    store, evals = ModelStore(spec.store_uri), evalstore.EvalStore(spec.store_uri)
+    lines = []
+    for c in configs:
+        cfg = TrainConfig.model_validate(c)
+        fingerprint = features.fit_fingerprint(spec, cfg.train_set, ds.fingerprint)
+        sha = checkpoints.digest(checkpoints.read_bytes(cfg.checkpoint)) if cfg.checkpoint is not None else None
+        model = "checkpoint" if sha else ("model in the store" if store.has(model_key(c, fingerprint)) else "model to train")
+        bound = evalstore.Bound(evals, evalstore.identity(spec, cfg, ds, fingerprint, sha), fresh=fresh)
+        parts = []
+        for i, axes in enumerate(spec.evaluate):
+            if axes.scope != "trial":
+                continue
+            if not fresh and evals.has("units", bound.key("units", axes.model_dump(mode="json"))):
+                parts.append(f"{axes.evaluator}[{i}] from the store")
+                continue
+            detail = []
+            if axes.evaluator == "robustness" and not fresh:
+                for norm_name, norm_axes in axes.norms.items():
+                    grid = sorted(e for e in norm_axes.eps if e > 0)
+                    for attack_spec in axes.attack_list():
+                        what = f"{attack_spec.name} {norm_name}"
+                        if not standalone(attack_spec.build()):
+                            detail.append(f"{what}: one run, reused only with the same ladder and earlier results")
+                            continue
+                        facts = evals.load_facts(bound.key("facts", attack_spec.describe(), norm_name))
+                        done = set() if facts is None else set(facts.column("eps").to_pylist())
+                        new = [e for e in grid if e not in done]
+                        if done and new:
+                            detail.append(f"{what}: attacks eps {', '.join(f'{e:g}' for e in new)} (the others from the store)")
+                        elif done:
+                            detail.append(f"{what}: every eps from the store")
+            parts.append(f"{axes.evaluator}[{i}] to compute" + (f" ({'; '.join(detail)})" if detail else ""))
+        lines.append(f"  {label(cfg, spec.label_axes()) or cfg.model}: {model}; {', '.join(parts) or 'no per-trial evaluation'}")
+    return ["evaluation, per trial" + (" (--fresh: everything computed)" if fresh else "") + ":", *lines]
+
+
 def provenance() -> dict:
     import ray
     import torch
@@ -161,7 +210,7 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False) -> int:
+def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False, fresh: bool = False) -> int:
     import ray
     from ray import tune
 
@@ -189,7 +238,7 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
         # Embedded Ray needs no dashboard; a cluster's dashboard stays where the cluster put it.
         ray.init(include_dashboard=False if local else None, log_to_driver=True)
     prov = provenance()
-    context = StudyContext(spec=spec, results_uri=results_uri, store_uri=store_uri, provenance=prov, code_folders=imports.code_folders(spec.import_paths()))
+    context = StudyContext(spec=spec, results_uri=results_uri, store_uri=store_uri, provenance=prov, code_folders=imports.code_folders(spec.import_paths()), fresh=fresh)
     gen_meta = None
     if spec.needs_generative:
         # Once per sweep, before any trial: the trials then load it from the store. A Ray task
@@ -230,6 +279,8 @@ def run(spec: StudySpec, ds: data.Dataset, spec_path: str, resume: bool = False)
     grid = tuner.fit()
 
     trials = [trial_record(r, since=run_started) for r in grid]
+    used = {k for r in grid for k in ((r.metrics or {}).get("eval_keys") or "").split(",") if k}
+    EvalStore(store_uri).write_ref(results_uri, used)  # what `advsweep store gc` keeps for this folder
     finished = [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
     study_rows, n_study = (), 0
     after = [e.evaluator for e in spec.evaluate if e.scope == "study"]
@@ -295,8 +346,28 @@ def trial_record(r, since: int) -> dict:
         "train_s": m.get("train_s"),
         "eval_s": m.get("eval_s"),
         "rows": m.get("rows"),
+        "evaluation": {k: m.get(k) for k in EVAL_STATS},
         "error": str(r.error).splitlines()[0] if r.error else None,
     }
+
+
+# What a trial took from the evaluation store and what it computed (study.evalstore.Bound.stats).
+EVAL_STATS = ("units_reused", "units_computed", "pairs_reused", "pairs_attacked", "runs_reused", "runs_computed")
+
+
+def evaluation_summary(trials: list[dict]) -> list[str]:
+    """Per trial of this run: its model's source, and its evaluation from the store or computed."""
+    lines = []
+    for t in trials:
+        e = t.get("evaluation") or {}
+        if not t["this_run"] or e.get("units_reused") is None:
+            continue
+        model = "checkpoint" if t.get("checkpoint") else ("model from the store" if t["from_store"] else "model trained")
+        what = f"{e['units_reused']} entries from the store, {e['units_computed']} computed"
+        if e["units_computed"]:
+            what += f" (attacks: {e['pairs_attacked']} (point, eps) pairs attacked, {e['pairs_reused']} from the store; whole runs: {e['runs_computed']} computed, {e['runs_reused']} from the store)"
+        lines.append(f"  {t['label'] or t['trial_id']}: {model}; {what}")
+    return lines
 
 
 def print_summary(table, trials, results_path, manifest_path, results_uri):
@@ -392,6 +463,10 @@ def print_summary(table, trials, results_path, manifest_path, results_uri):
     stopped = [t for t in trials if t["status"] == "STOPPED"]
     earlier = [t for t in trials if not t["this_run"]]
     print(f"\nmodels: {trained} trained, {stored} from the store" + (f", {loaded} from checkpoints (not trained here)" if loaded else ""))
+    per_trial = evaluation_summary(trials)
+    if per_trial:
+        print("evaluation, per trial:")
+        print("\n".join(per_trial))
     if earlier:
         print(f"not rerun (rows written before the interruption): {len(earlier)} trials: {', '.join(t['trial_id'] for t in earlier)}")
     if stopped:
@@ -425,9 +500,10 @@ def main(argv=None, prog="python -m jobs.sweep") -> int:
             print(f"AC-GAN: {'in the store' if p['acgan_in_store'] else 'to train before the trials'} (and its judges, if not stored)")
         for name, present in p.get("train_sets", {}).items():
             print(f"training set {name}: {'in the store' if present else 'to build before the trials'}")
+        print("\n".join(evaluation_plan(spec, ds, args.fresh)))
         print(f"results -> {spec.results_uri}   store -> {spec.store_uri}")
         return 0
-    return run(spec, ds, args.spec, resume=args.resume)
+    return run(spec, ds, args.spec, resume=args.resume, fresh=args.fresh)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from study import fsio
 from study.results import parquet_bytes
 
 
-def write(results_uri: str, name: str, trial_id: str, columns: dict) -> str:
-    """Write one trial's artifact ``name`` (columns: name -> list or array; a trial_id column is added)."""
-    table = pa.table(columns)
+def write(results_uri: str, name: str, trial_id: str, columns: dict | pa.Table) -> str:
+    """Write one trial's artifact ``name`` (columns: name -> list or array, or a table; a
+    trial_id column is added)."""
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
     table = table.append_column("trial_id", pa.array([trial_id] * table.num_rows, type=pa.string()))
     fs, base = fsio.resolve(results_uri)
     path = fsio.join(base, "artifacts", name, f"{trial_id}.parquet")

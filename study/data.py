@@ -54,11 +54,20 @@ class Dataset:
     @property
     def fingerprint(self) -> str:
         """Identity of what a model is trained on: a hash of the training tensors."""
-        h = hashlib.sha256()
-        for a in (self.x_train, self.y_train):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()[:16]
+        return _digest(self.x_train, self.y_train)
+
+    @property
+    def eval_fingerprint(self) -> str:
+        """Identity of what a model is evaluated on: a hash of the evaluation split."""
+        return _digest(self.x_test, self.y_test)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "11"
+SCHEMA_VERSION = "12"
 _META_KEY = b"advsweep.schema_version"
 # A trial file also keeps the trial's final Tune report, so a trial whose rows are already written
 # (a resumed sweep, a retried worker) reports it again instead of computing the rows a second time.
@@ -114,6 +114,7 @@ COLUMNS = [
     ("gan_steps", pa.int64(), "generative", "generator steps the generative model was trained for"),
     ("train_s", pa.float64(), "cost", "seconds spent training the model (when it was first trained)"),
     ("from_store", pa.bool_(), "cost", "the model was loaded from the model store, not trained in this run"),
+    ("eval_from_store", pa.bool_(), "cost", "the row's evaluation (its evaluator entry on this model and data) came from the evaluation store, computed by an earlier sweep (study.evalstore); its eval_s is that sweep's"),
     ("eval_s", pa.float64(), "cost", "seconds for this (attack, norm) eps grid; for `worst`, the sum over attacks"),
     ("device", pa.string(), "cost", "torch device the trial ran on"),
     ("node_id", pa.string(), "cost", "Ray node the trial ran on"),

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from ray import tune
 
-from study import (acgan, checkpoints, evaluators, features, fsio, generative,
-                   imports, models, planning, results)
+from study import (acgan, artifacts, checkpoints, evalstore, evaluators,
+                   features, fsio, generative, imports, models, planning, results)
 from study.data import Dataset
 from study.names import adversarial_name
 from study.seeds import stream_seed
 from study.spec import StudySpec, TrainConfig
 from study.spec.training import ensemble_name
+from study.evalstore import EvalStore
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -40,6 +41,7 @@ class StudyContext:
     provenance: dict = field(default_factory=dict)
     workdir: str = field(default_factory=os.getcwd)  # the driver's: relative checkpoint paths start here
     code_folders: list = field(default_factory=list)  # where the driver found the user's modules (study.imports)
+    fresh: bool = False  # --fresh: compute every evaluation, taking nothing from the evaluation store
 
     def checkpoint_uri(self, path: str) -> str:
         """A relative checkpoint path from the driver's folder; on a cluster node without that
@@ -186,9 +188,10 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     rows = []
     gen_model, gen_meta = generative.trained(spec.generative, x, data.fingerprint, store, progress=False) if spec.needs_generative else (None, None)
     ac_model = acgan.trained(spec.acgan, x, y, data.n_classes, data.fingerprint, store, progress=False)[0] if spec.needs_acgan else None
+    cache = evalstore.Bound(EvalStore(study.store_uri), evalstore.identity(spec, cfg, data, fingerprint, meta.get("checkpoint_sha256")), fresh=study.fresh)
     ctx = evaluators.EvalContext(
         model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model,
-        n_classes=data.n_classes, acgan=ac_model, stored_model=lambda judge: stored_model(judge, data, store, device),
+        n_classes=data.n_classes, acgan=ac_model, stored_model=lambda judge: stored_model(judge, data, store, device), cache=cache,
     )
     eval_start = time.perf_counter()
     # A stochastic model's dropout masks come from torch's global generator: each piece of work
@@ -200,7 +203,7 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         if axes.scope != "trial" or not axes.some_model_needs() <= capabilities:
             continue  # a study evaluator, or one for models of another kind (planning counts no rows for them)
         with seeded(device, cfg.seed, "evaluate", json.dumps(axes.model_dump(mode="json"), sort_keys=True)):
-            rows += evaluators.run(ctx, axes)
+            rows += evaluated(ctx, axes, cache)
     eval_s = time.perf_counter() - eval_start
     if gen_meta:
         for row in rows:
@@ -220,11 +223,38 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
         "eval_s": eval_s,
         "rows": len(rows),
         "clean_acc": ctx.clean_acc,
+        **cache.stats,
+        "eval_keys": ",".join(sorted(cache.used)),
     }
     final.update({f"robust_acc@{r['attack']}-{r['norm']}-{r['eps']:g}": r["robust_acc"] for r in rows if r["evaluator"] == "robustness" and r.get("eps_rule") is None})
     results.write_trial(study.results_uri, tid, rows, final)
     print(f"advsweep trial {tid} ({name}): wrote {len(rows)} rows", flush=True)
     report(final)
+
+
+def evaluated(ctx: evaluators.EvalContext, axes, cache: evalstore.Bound) -> list[dict]:
+    """One evaluator entry's rows against the trial's model: from the evaluation store when an
+    earlier sweep computed the same entry on the same model and data with the same code (its
+    artifacts written again here), else computed and stored, atomically, once it has finished."""
+    key = cache.key("units", axes.model_dump(mode="json"))
+    found = None if cache.fresh else cache.store.load_unit(key)
+    if found is not None:
+        rows, arts, uses = found
+        cache.used |= set(uses)
+        for name, table in arts:
+            artifacts.write(ctx.results_uri, name, ctx.trial_id, table)
+        cache.count("units_reused")
+        return [{**r, "eval_from_store": True} for r in rows]
+    before = set(cache.used)
+    ctx.captured = []
+    try:
+        rows = evaluators.run(ctx, axes)
+        arts = ctx.captured
+    finally:
+        ctx.captured = None
+    cache.store.save_unit(key, rows, arts, cache.used - before - {key})
+    cache.count("units_computed")
+    return [{**r, "eval_from_store": False} for r in rows]
 
 
 @contextlib.contextmanager

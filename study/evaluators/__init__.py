@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
+import pyarrow as pa
 import torch
 
 from study import artifacts, registry
@@ -40,6 +41,8 @@ class EvalContext:
     n_classes: int | None = None  # the dataset's; by default the largest label seen + 1
     acgan: Any = None  # study.acgan.ACGAN when an evaluator needs it
     stored_model: Callable[[Any], torch.nn.Module] | None = None  # a TrainConfig's model from the study's store (a judge)
+    cache: Any = None  # study.evalstore.Bound: attack work earlier sweeps did on this model and data
+    captured: list | None = None  # while the trial stores an entry: the artifacts it writes, (name, table)
 
     def __post_init__(self):
         if self.n_classes is None:
@@ -55,7 +58,10 @@ class EvalContext:
         return self.correct.float().mean().item()
 
     def write_artifact(self, name: str, columns: dict) -> str:
-        return artifacts.write(self.results_uri, name, self.trial_id, columns)
+        table = pa.table(columns)
+        if self.captured is not None:
+            self.captured.append((name, table))
+        return artifacts.write(self.results_uri, name, self.trial_id, table)
 
 
 @dataclass
