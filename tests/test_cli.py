@@ -65,3 +65,15 @@ def test_report_writes_the_page(numbers_sweep, tmp_path, capsys):
 def test_report_of_a_missing_folder_exits_2(tmp_path):
     proc = advsweep("report", tmp_path / "none")
     assert proc.returncode == 2 and "none: no results here" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_store_lists_sizes_and_refuses_a_missing_store(tmp_path):
+    (tmp_path / "store" / "models").mkdir(parents=True)
+    (tmp_path / "store" / "models" / "abc.pt").write_bytes(b"x" * 2048)
+    (tmp_path / "store" / "models" / ".tmp-1-abc.pt").write_bytes(b"half")  # a write in progress is not an entry
+    proc = advsweep("store", "ls", tmp_path / "store")
+    assert proc.returncode == 0 and proc.stdout.split()[:4] == ["models", "abc", "2.0", "KiB"], proc.stdout
+    proc = advsweep("store", "du", tmp_path / "store")
+    assert proc.returncode == 0 and ["models", "1", "entries", "2.0", "KiB"] in [line.split() for line in proc.stdout.splitlines()], proc.stdout
+    proc = advsweep("store", "gc", tmp_path / "absent")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"advsweep store: no store at {tmp_path / 'absent'}"

@@ -185,6 +185,7 @@ def trials(results):
     return {t["label"]: t for t in json.loads((results / "manifest.json").read_text())["trials"]}
 
 
+@pytest.mark.slow  # six small sweeps: about 80 s
 def test_sweeps_reuse_entries_recompute_what_died_and_the_store_is_housekept(ray_session, tmp_path, capsys):
     from jobs import store as store_cmd
     from user_modules import temporary_module

@@ -78,6 +78,8 @@ def test_sweep_writes_results_store_and_tune_state_to_s3(s3_sweep):
     assert not [f for f in files if ".tmp-" in f]
     models = listing(f"s3://{BUCKET}/studies/store")  # the store defaults to a sibling of the results
     assert len([m for m in models if m.startswith("models/") and m.endswith(".pt")]) == planning.n_trials(spec)
+    assert len([m for m in models if m.startswith("evals/units/") and m.endswith(".zip")]) == planning.n_trials(spec) * len(spec.evaluate)
+    assert len([m for m in models if m.startswith("refs/")]) == 1
     assert f"results: {BUCKET}/studies/goodfellow/results.parquet" in out
 
 
@@ -101,6 +103,7 @@ def test_second_sweep_loads_models_from_the_s3_store(s3_sweep):
     again = sweep(results)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "models: 0 trained, 2 from the store" in again.stdout
+    assert again.stdout.count(f"{len(load_spec(SPEC).evaluate)} entries from the store, 0 computed") == 2
 
 
 def test_notebook_reads_s3_results(s3_sweep, monkeypatch):
