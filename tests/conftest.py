@@ -14,6 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = Path(__file__).parent / "specs"
 
 
+def mnist_trained(make, epochs: int, lr: float, batch: int):
+    """The model ``make()`` builds (under seed 0), trained with Adam on mnist-5k's training split
+    and in eval mode, with the test split's tensors: the small models the attack tests measure."""
+    import torch
+
+    from study import data
+    from study.spec import DataSpec
+
+    ds = data.load(DataSpec(dataset="mnist-5k"))
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = make()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x)).split(batch):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+    return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+
+
 # Tests that use one of these study-scale sweeps are slow (`make test-slow`), wherever they are.
 SLOW_FIXTURES = {"tilting_sweep", "bnn_sweep", "bnn_model", "goodfellow_full_sweep", "ensemble_sweep", "unrestricted_sweep"}
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 import polars as pl
 import pytest
 import torch
+from conftest import mnist_trained
 from torch import nn
 
 from analysis.evaluation import evaluation_warnings
-from study import attacks, data, results
+from study import attacks, results
 from study.attacks.apgd import ranked_targets, targeted_dlr_loss
 from study.attacks.square import eta_pattern, square_fraction
 from study.evaluators import EvalContext, robustness
 from study.norms import L2, Linf
 from study.rng import PointRNG
-from study.spec import DataSpec
 from study.evaluators.robustness import Options as RobustnessEval
 
 N_EVAL = 200
@@ -36,18 +36,8 @@ class Scaled(nn.Module):
 @pytest.fixture(scope="module")
 def mlp():
     """A small MLP on mnist-5k (about 95% clean) and its first 200 test images."""
-    ds = data.load(DataSpec(dataset="mnist-5k"))
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for _ in range(6):
-            for idx in torch.randperm(len(x)).split(64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-    return model.eval(), torch.from_numpy(ds.x_test[:N_EVAL]), torch.from_numpy(ds.y_test[:N_EVAL])
+    model, x, y = mnist_trained(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)), epochs=6, lr=2e-3, batch=64)
+    return model, x[:N_EVAL], y[:N_EVAL]
 
 
 def evaluate(model, x, y, **entry) -> list[dict]:

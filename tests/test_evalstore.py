@@ -13,14 +13,13 @@ import json
 
 import polars as pl
 import pytest
-import torch
 import yaml
+from conftest import mnist_trained
 from torch import nn
 
-from study import data, evalstore
+from study import evalstore
 from study.evaluators import EvalContext, robustness
 from study.evaluators.robustness import Options as RobustnessEval
-from study.spec import DataSpec
 
 N_EVAL = 120
 FIRST = [0, 0.1, 0.3]
@@ -29,18 +28,8 @@ SECOND = [0, 0.05, 0.1, 0.15, 0.3]  # two radii more
 
 @pytest.fixture(scope="module")
 def mlp():
-    ds = data.load(DataSpec(dataset="mnist-5k"))
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for _ in range(2):
-            for idx in torch.randperm(len(x)).split(64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-    return model.eval(), torch.from_numpy(ds.x_test[:N_EVAL]), torch.from_numpy(ds.y_test[:N_EVAL])
+    model, x, y = mnist_trained(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), epochs=2, lr=2e-3, batch=64)
+    return model, x[:N_EVAL], y[:N_EVAL]
 
 
 def evaluate(mlp, cache, linf, **entry):

@@ -15,13 +15,13 @@ import math
 
 import pytest
 import torch
+from conftest import mnist_trained
 from torch import nn
 
-from study import attacks, data
+from study import attacks
 from study.box_projection import step_to_hyperplane
 from study.norms import NORMS
 from study.rng import PointRNG
-from study.spec import DataSpec
 
 N_POINTS = 80
 GRIDS = {"linf": [0.02, 0.05, 0.1], "l2": [0.5, 1.0, 1.5]}
@@ -36,19 +36,7 @@ OPTIONS = {"pgd": dict(steps=100), "apgd-t": dict(targets=9), "fab-t": dict(targ
 @pytest.fixture(scope="module")
 def linear():
     """(model, x, y, exact {norm: (N,) float64}) for 80 test points the model classifies correctly."""
-    ds = data.load(DataSpec(dataset="mnist-5k"))
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(5):
-            for idx in torch.randperm(len(x)).split(128):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-    model.eval()
-    xt, yt = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    model, xt, yt = mnist_trained(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), epochs=5, lr=1e-2, batch=128)
     with torch.no_grad():
         correct = model(xt).argmax(1) == yt
     xc, yc = xt[correct][:N_POINTS], yt[correct][:N_POINTS]
