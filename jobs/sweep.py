@@ -153,7 +153,7 @@ def evaluation_plan(spec: StudySpec, ds: data.Dataset, fresh: bool = False) -> l
     evaluation store holds for it (taken as they are) or not (computed; for the robustness
     evaluator, which radii its attacks have not attacked on this model before)."""
     from study import checkpoints, evalstore
-    from study.evaluators.robustness import standalone
+    from study.evaluators import attack_store
     from study.trial import label
 
     configs = planning.grid_configs(spec)
@@ -179,11 +179,11 @@ def evaluation_plan(spec: StudySpec, ds: data.Dataset, fresh: bool = False) -> l
                 for norm_name, norm_axes in axes.norms.items():
                     grid = sorted(e for e in norm_axes.eps if e > 0)
                     for attack_spec in axes.attack_list():
-                        what = f"{attack_spec.name} {norm_name}"
-                        if not standalone(attack_spec.build()):
+                        what, attack = f"{attack_spec.name} {norm_name}", attack_spec.build()
+                        if not attack_store.in_facts(attack):
                             detail.append(f"{what}: one run, reused only with the same ladder and earlier results")
                             continue
-                        facts = evals.load_facts(bound.key("facts", attack_spec.describe(), norm_name))
+                        facts = evals.load_facts(attack_store.facts_key(bound, attack, attack_spec.describe(), norm_name))
                         done = set() if facts is None else set(facts.column("eps").to_pylist())
                         new = [e for e in grid if e not in done]
                         if done and new:

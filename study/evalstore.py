@@ -10,14 +10,15 @@ file of the study package, the user's modules the spec imports, and torch's vers
   key): the rows it returned and the artifacts it wrote. A later sweep of any spec with the
   same entry, model and data takes them as they are.
 * ``facts/<key>.parquet``: for an attack whose outcome at a radius does not depend on the
-  other radii of the ladder (study.evaluators.robustness.standalone), every (point, eps) it
+  other radii of the ladder (study.evaluators.attack_store), every (point, eps) it
   attacked: fooled or not, the adversarial's sizes, the queries. A ladder with a new eps, or a
   cascade whose earlier attacks changed, attacks only the (point, eps) pairs no run attacked
   before, and the rows equal a fresh run's (the fresh ladder visits the same pairs in the same
   order and stops at the same success).
-* ``runs/<key>.npz``: an attack whose run depends on its whole ladder (the Square probe at each
-  point's largest eps, FAB-T's stop at the smallest, C&W's one search), stored as one call:
-  reused only when its inputs (ladder, cascade levels) are the same, else recomputed.
+  The Square probe is assembled from its search's facts too.
+* ``runs/<key>.npz``: an attack whose run depends on its whole ladder (FAB-T's stop at each
+  point's smallest eps, C&W's one search), stored as one call: reused only when its inputs
+  (ladder, points, cascade levels) are the same, else recomputed.
 
 A file that does not parse is reported and recomputed; an I/O error reading one is raised.
 ``<store>/refs/`` records which entries each results folder's last sweep used, so
@@ -255,6 +256,7 @@ FACTS_SCHEMA = pa.schema([
     ("linf", pa.float64()),
     ("confidence", pa.float64()),
     ("queries", pa.int64()),  # null for attacks that do not count them
+    ("complete", pa.bool_()),  # false: a Square probe that found nothing (its first proposals failed)
 ])
 
 

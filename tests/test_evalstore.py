@@ -93,20 +93,34 @@ def test_a_longer_ladder_attacks_only_the_new_radii_and_gives_a_fresh_runs_rows(
 
 
 def test_the_default_cascade_through_the_store_equals_a_fresh_run(mlp, tmp_path):
-    """APGD-CE and APGD-T reuse their pairs across ladders; the Square probe (which searches at
-    each point's largest eps, depending on the whole ladder) runs again unless its inputs are
-    the same: either way the rows are a fresh run's."""
+    """APGD-CE, APGD-T and the Square probe (its search's facts) reuse their pairs across
+    ladders and cascades: the rows are a fresh run's."""
     fresh = evaluate(mlp, None, SECOND)
     cache = bound(tmp_path)
     assert_same_rows(evaluate(mlp, cache, FIRST), evaluate(mlp, None, FIRST))
     again = bound(tmp_path)
     assert_same_rows(evaluate(mlp, again, SECOND), fresh)
-    assert again.stats["pairs_reused"] > again.stats["pairs_attacked"] > 0
-    # Square's linf ladder changed; its l2 ladder and the points APGD left it there did not.
-    assert again.stats["runs_computed"] == 1 and again.stats["runs_reused"] == 1
+    assert again.stats["pairs_reused"] > again.stats["pairs_attacked"] > 0 and again.stats["runs_computed"] == 0
     same = bound(tmp_path)
     assert_same_rows(evaluate(mlp, same, SECOND), fresh)
-    assert same.stats["pairs_attacked"] == 0 and same.stats["runs_computed"] == 0 and same.stats["runs_reused"] == 2
+    assert same.stats["pairs_attacked"] == 0 and same.stats["pairs_reused"] > 0
+
+
+@pytest.mark.parametrize("linf", [[0, 0.0002, 0.0005], [0, 0.1, 0.2]], ids=["probe finds nothing", "probe escalates"])
+def test_a_square_probe_from_the_store_equals_a_fresh_probe(mlp, tmp_path, linf):
+    """Square with a probe: at radii where the probe breaks nothing the run ends there (a probe
+    that failed is kept as such); where it breaks enough points the full ladder runs. Through
+    the store, after a plain Square and after a shorter probe, the rows are a fresh run's."""
+    probe = [{"name": "square", "queries": 300, "probe": 60}]
+    for before in ([{"name": "square", "queries": 300}], [{"name": "square", "queries": 300, "probe": 20}]):
+        path = tmp_path / str(len(before[0]))
+        evaluate(mlp, bound(path), linf[:2], attacks=before)
+        cache = bound(path)
+        rows = evaluate(mlp, cache, linf, attacks=probe)
+        assert_same_rows(rows, evaluate(mlp, None, linf, attacks=probe))
+        assert cache.stats["pairs_reused"] > 0
+    broken = [r["broken"] for r in rows if r["norm"] == "linf" and r["eps"] > 0]
+    assert (max(broken) == 0) == (linf[-1] < 0.01)
 
 
 def test_fresh_ignores_the_store_and_a_corrupt_entry_is_recomputed(mlp, tmp_path, capsys):

@@ -132,6 +132,16 @@ class Square:
                 self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
         return state.result(ladder, early_stop)
 
+    def search_at(self, model, x, y, eps, norm, *, rng, budget: int, max_rows=None) -> AttackResult:
+        """One search per point at its radius ``eps`` (N,) with at most ``budget`` proposals of
+        this attack's schedule and one start: the first ``budget`` proposals of ``run``'s search
+        at that radius (a probe's, with ``budget`` = ``probe``; a full one's, with ``queries``)."""
+        eps, _, rng, levels = prepare(x, eps, rng, None, True, 1)
+        state = _Outcome(x.detach(), eps)
+        with frozen(model), torch.no_grad():
+            self._ladder(model, state, y, norm, rng, levels, max_rows, budget)
+        return state.result(False, True)
+
     def _ladder(self, model, state, y, norm, rng, levels, max_rows, budget, top_only=False, probes=None):
         """Every level's search, at most ``budget`` queries each, on the points not yet fooled;
         with ``top_only``, only each point's largest eps (the probe: where a masked model's

@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from study import attacks, evalstore, mc, norms, objectives
+from study import attacks, mc, norms, objectives
 from study.attacks.apgd import APGD
 from study.attacks.cw import CarliniWagnerL2
 from study.attacks.gradient import AttackResult, GradientAttack, frozen
-from study.attacks.square import Square
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
 from study.attacks.presets import PRESETS
 from study.evaluators import distances
@@ -169,7 +168,9 @@ def evaluate(ctx, axes) -> list[dict]:
             start = time.perf_counter()
             with _seeded(stochastic, ctx.seed, spec.name, norm_name):
                 if getattr(ctx, "cache", None) is not None and not stochastic:
-                    fooled, deltas, queries = remembered(ctx.cache, spec.describe(), norm_name, model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
+                    from study.evaluators import attack_store  # it builds on this module's attack_grid
+
+                    fooled, deltas, queries = attack_store.attack_grid(ctx.cache, spec.describe(), norm_name, model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
                 else:
                     fooled, deltas, queries = attack_grid(model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, stochastic, searches)
             eval_s = time.perf_counter() - start
@@ -370,99 +371,6 @@ def _judge_search(model, x, y, grid, norm, attack, rows, levels, searches):
     if levels is not None:
         res.fooled &= torch.arange(len(grid), device=x.device) < levels[:, None]
     return _outcome(model, x, y, res)
-
-
-def standalone(attack) -> bool:
-    """Whether the attack's outcome at a radius is that of a separate run at that radius alone
-    (gradient attacks, APGD, Square without a probe): then its (point, eps) outcomes are facts a
-    later ladder reuses (study.evalstore). The Square probe (at each point's largest eps), FAB-T
-    (which stops at each point's smallest) and C&W (one search for every eps) are not."""
-    return isinstance(attack, (GradientAttack, APGD)) or (isinstance(attack, Square) and attack.probe is None)
-
-
-def remembered(cache, described: str, norm_name: str, model, x, y, grid, norm, attack, rng, batch_rows, levels, searches, points):
-    """``attack_grid`` through the evaluation store (``cache``: a study.evalstore.Bound): a
-    standalone attack attacks only the (point, eps) pairs no earlier run attacked and reads the
-    rest from its facts; any other attack's whole call is reused when its inputs are the same."""
-    if not len(grid) or not len(y):
-        return _nothing(len(y), len(grid))
-    if standalone(attack):
-        return _from_facts(cache, cache.key("facts", described, norm_name), model, x, y, grid, norm, attack, rng, batch_rows, levels, points)
-    levels_np = None if levels is None else levels.cpu().numpy()
-    key = cache.key("runs", described, norm_name, list(grid), evalstore.tensor_digest(points.cpu().numpy(), *([] if levels_np is None else [levels_np])))
-    found = None if cache.fresh else cache.store.load_run(key)
-    if found is not None:
-        cache.count("runs_reused")
-        sizes = {name: torch.from_numpy(found[name]) for name in (*norms.NORMS, "confidence")}
-        return torch.from_numpy(found["fooled"]), sizes, torch.from_numpy(found["queries"]) if "queries" in found else None
-    fooled, sizes, queries = attack_grid(model, x, y, grid, norm, attack, rng, batch_rows, levels, False, searches)
-    arrays = {"fooled": fooled.numpy(), **{name: v.numpy() for name, v in sizes.items()}}
-    if queries is not None:
-        arrays["queries"] = queries.numpy()
-    cache.store.save_run(key, arrays)
-    cache.count("runs_computed")
-    return fooled, sizes, queries
-
-
-def _from_facts(cache, key, model, x, y, grid, norm, attack, rng, batch_rows, levels, points):
-    """A fresh ladder run's result, assembled from (point, eps) outcomes: each point visits its
-    levels in order up to ``levels`` and stops at its first success, whose adversarial (at
-    distance d) counts at that level, every higher one and every lower one with eps >= d.
-    Outcomes the store lacks are computed, one radius per point per round, and stored."""
-    table = None if cache.fresh else cache.store.load_facts(key)
-    known = {}
-    if table is not None:
-        for rec in table.to_pylist():
-            known[rec["point"], rec["eps"]] = rec
-    n, n_levels = len(y), len(grid)
-    ids = points.tolist()
-    top = [n_levels] * n if levels is None else levels.tolist()
-    eps_levels = torch.tensor(grid, dtype=x.dtype)
-    fooled = torch.zeros(n, n_levels, dtype=torch.bool)
-    sizes = {name: torch.zeros(n, dtype=x.dtype) for name in (*norms.NORMS, "confidence")}
-    queries = torch.zeros(n, n_levels, dtype=torch.long)
-    counts_queries = False
-    at, done, new, reused = [0] * n, [False] * n, [], 0
-    while True:
-        todo = []
-        for p in range(n):
-            while not done[p] and at[p] < top[p]:
-                rec = known.get((ids[p], grid[at[p]]))
-                if rec is None:
-                    todo.append(p)
-                    break
-                reused += rec.get("new") is None
-                if rec["queries"] is not None:
-                    counts_queries = True
-                    queries[p, at[p]] = rec["queries"]
-                if rec["fooled"]:
-                    fooled[p] = (torch.arange(n_levels) >= at[p]) | (eps_levels >= torch.tensor(rec["dist"], dtype=x.dtype))
-                    for name in sizes:
-                        sizes[name][p] = rec[name]
-                    done[p] = True
-                else:
-                    at[p] += 1
-        if not todo:
-            break
-        pts = torch.tensor(todo, device=x.device)
-        eps = torch.tensor([grid[at[p]] for p in todo], dtype=x.dtype, device=x.device)
-        res = attack.run(model, x[pts], y[pts], eps, norm, rng=rng[pts], max_rows=batch_rows or default_batch_rows(x))
-        delta = res.x_adv - x[pts]
-        measured = {**{name: m.cpu() for name, m in norms.measures(delta).items()}, "confidence": confidence(model, res.x_adv).cpu()}
-        dist = norm.measure(delta).cpu()
-        hit = res.fooled.cpu()
-        for i, p in enumerate(todo):
-            rec = dict(point=ids[p], eps=grid[at[p]], fooled=bool(hit[i]), dist=float(dist[i]) if hit[i] else None,
-                       **{name: float(measured[name][i]) if hit[i] else None for name in sizes},
-                       queries=None if res.queries is None else int(res.queries[i]))
-            known[rec["point"], rec["eps"]] = {**rec, "new": True}
-            new.append(rec)
-    cache.count("pairs_attacked", len(new))
-    cache.count("pairs_reused", reused)
-    if new:
-        rows = ([] if table is None else table.to_pylist()) + new
-        cache.store.save_facts(key, pa.Table.from_pylist(rows, schema=evalstore.FACTS_SCHEMA))
-    return fooled, sizes, queries if counts_queries else None
 
 
 def default_batch_rows(x: torch.Tensor) -> int:
