@@ -191,7 +191,7 @@ def trials(results):
 @pytest.mark.slow  # six small sweeps: about 80 s
 def test_sweeps_reuse_entries_recompute_what_died_and_the_store_is_housekept(ray_session, tmp_path, capsys):
     from jobs import store as store_cmd
-    from user_modules import temporary_module
+    from tests.user_modules import temporary_module
 
     flag, results, store = tmp_path / "die", tmp_path / "results", tmp_path / "store"
     with temporary_module(tmp_path, "evalstore_metrics", FAILING):
@@ -268,3 +268,35 @@ def test_sweeps_reuse_entries_recompute_what_died_and_the_store_is_housekept(ray
     assert store_cmd.main(["gc", str(store)]) == 0
     assert not list((store / "evals").rglob("*.*")) and len(list((store / "models").glob("*.pt"))) == 2
     assert store_cmd.main(["du", str(tmp_path / "absent")]) == 2
+
+
+def test_more_mc_samples_and_another_eps_draw_only_what_is_new(tmp_path):
+    """The uncertainty evaluator: each input set is crafted and sampled under its own seeds, so
+    through the store a larger T_max draws only the samples beyond those stored and a new eps
+    crafts only its set; the rows equal a fresh run's."""
+    from study.evaluators import uncertainty
+    from study.spec import TrainConfig
+    from study.train import init_model
+
+    model, x, y = mnist_trained(lambda: init_model(TrainConfig(model="mc-mlp", seed=0), (1, 28, 28), 10), epochs=1, lr=2e-3, batch=64)
+    x, y = x[:160], y[:160]
+
+    def run(cache, mc_samples, eps):
+        axes = uncertainty.Options.model_validate({"evaluator": "uncertainty", "mc_samples": mc_samples, "baseline": 60, "eot_samples": 2,
+                                                   "inputs": [{"attack": {"name": "pgd", "steps": 3}, "eps": eps}]})
+        ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri=str(tmp_path / "res"), cache=cache)
+        return uncertainty.evaluate(ctx, axes)
+
+    key = lambda r: (r["attack"], r["eps"], r["mc_samples"])
+    first = bound(tmp_path)
+    run(first, [1, 5], [0.1])
+    assert first.stats["runs_computed"] == 4  # baseline, clean, the set's samples and its points
+    again = bound(tmp_path)
+    rows = run(again, [1, 5, 20], [0.1, 0.2])
+    fresh = run(None, [1, 5, 20], [0.1, 0.2])
+    assert sorted(map(key, rows)) == sorted(map(key, fresh))
+    fresh = {key(r): r for r in fresh}
+    for row in rows:
+        assert {k: v for k, v in row.items() if k != "eval_s"} == {k: v for k, v in fresh[key(row)].items() if k != "eval_s"}, key(row)
+    # More samples for the three sets stored; the eps 0.1 points reused; the 0.2 set new (points and samples).
+    assert again.stats == {**again.stats, "runs_computed": 5, "runs_reused": 1}

@@ -7,7 +7,8 @@ final iterate, C&W's closest adversarial, or a natural adversary from the genera
 space; points already misclassified are attacked too, as a detector would see them). Attacks
 query the model through its ``eot_samples``-draw predictive (study.mc).
 
-Each set's T_max = max(mc_samples) predictive samples are drawn once; a row for T uses the
+Each set's T_max = max(mc_samples) predictive samples are drawn once, in groups of ``GROUP``
+each seeded by the set and the group (so are the set's crafted points), and a row for T uses the
 first T of them, so the T sweep shows how the estimates settle as samples are added. Per
 (set, T): accuracy of the T-sample predictive, mean and median MI, mean SMV, both relative to
 the baseline set's mean at the same T, and the AUROC of MI and of SMV separating the clean
@@ -17,6 +18,7 @@ point's MI and SMV at T_max (baseline included) for their distributions.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Annotated, Optional
@@ -73,19 +75,19 @@ def evaluate(ctx, axes) -> list[dict]:
     base_x = ctx.x[: axes.baseline]
     x, y = ctx.x[axes.baseline :], ctx.y[axes.baseline :]
     t_max = max(axes.mc_samples)
-    max_rows = axes.max_rows
     attacked = mc.attackable(model, axes.eot_samples)
+    draw = _Draws(ctx, axes)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(ctx.seed, "uncertainty"))  # the dropout masks
-        baseline = _scores(mc.sample_probs(model, base_x, t_max, max_rows), axes.mc_samples, y=None)
-        start = time.perf_counter()
-        clean = _scores(mc.sample_probs(model, x, t_max, max_rows), axes.mc_samples, y)
-        sets = [(dict(attack="clean", eps=0.0), x, clean, time.perf_counter() - start)]
+        baseline = _scores(draw.samples("baseline", base_x, t_max)[0], axes.mc_samples, y=None)
+        probs, sample_s = draw.samples("clean", x, t_max)
+        clean = _scores(probs, axes.mc_samples, y)
+        sets = [(dict(attack="clean", eps=0.0), x, clean, sample_s)]
         for spec in axes.inputs:
-            for eps, x_adv, cols, craft_s in inputs.craft(attacked, x, y, spec, ctx.seed, "uncertainty", ctx.generative):
-                start = time.perf_counter()
-                scores = _scores(mc.sample_probs(model, x_adv, t_max, max_rows), axes.mc_samples, y)
-                sets.append(({**cols, "eps": eps}, x_adv, scores, craft_s + time.perf_counter() - start))
+            for one in [spec] if spec.eps is None else [spec.model_copy(update={"eps": [e]}) for e in spec.eps]:
+                tag = json.dumps([one.model_dump(mode="json"), axes.eot_samples], sort_keys=True)
+                (x_adv, cols, craft_s) = draw.crafted(tag, attacked, x, y, one)
+                probs, sample_s = draw.samples(tag, x_adv, t_max)
+                sets.append((cols, x_adv, _scores(probs, axes.mc_samples, y), craft_s + sample_s))
     _write_points(ctx, sets, baseline[t_max], t_max)
     rows = []
     for cols, xs, scores, eval_s in sets:
@@ -114,6 +116,59 @@ def evaluate(ctx, axes) -> list[dict]:
                 row["auroc_smv"], row["auroc_smv_se"] = auroc(c["smv"].numpy(), s["smv"].numpy())
             rows.append(row)
     return rows
+
+
+GROUP = 10  # MC samples per seeded draw: sample t's dropout masks come from group t // GROUP's seed
+
+
+class _Draws:
+    """Every input set's crafted points and MC samples, each seeded on its own (the set and the
+    group of samples), so a set does not depend on the others or on T_max: through the trial's
+    evaluation store (``ctx.cache``), a new set, attack or eps crafts only itself, and a larger
+    T_max draws only the samples beyond those stored."""
+
+    def __init__(self, ctx, axes):
+        self.ctx, self.axes = ctx, axes
+        self.cache = getattr(ctx, "cache", None)
+        # What every set's numbers depend on besides its own identity (the split, the chunking).
+        self.common = [axes.baseline, axes.max_rows or (16384 if ctx.x.is_cuda else 256)]
+
+    def _stored(self, kind: str, tag: str):
+        if self.cache is None:
+            return None, None
+        key = self.cache.key("runs", "uncertainty", kind, self.common, tag)
+        return key, None if self.cache.fresh else self.cache.store.load_run(key)
+
+    def samples(self, tag: str, x: torch.Tensor, t_max: int) -> tuple[torch.Tensor, float]:
+        """(N, T, C) probabilities, T = t_max rounded up to whole groups, and the seconds spent."""
+        start = time.perf_counter()
+        key, found = self._stored("samples", tag)
+        have = torch.from_numpy(found["probs"]).to(x.device) if found is not None else x.new_zeros((len(x), 0, 0))
+        groups = [have] if have.shape[1] else []
+        for g in range(have.shape[1] // GROUP, math.ceil(t_max / GROUP)):
+            torch.manual_seed(stream_seed(self.ctx.seed, "uncertainty", tag, "samples", g))
+            groups.append(mc.sample_probs(self.ctx.model, x, GROUP, self.common[1]))
+        probs = torch.cat(groups, 1) if len(groups) > 1 else groups[0]
+        if key is not None and probs.shape[1] > have.shape[1]:
+            self.cache.store.save_run(key, {"probs": probs.cpu().numpy()})
+            self.cache.count("runs_computed")
+        elif key is not None:
+            self.cache.count("runs_reused")
+        return probs, time.perf_counter() - start
+
+    def crafted(self, tag: str, model, x, y, spec) -> tuple[torch.Tensor, dict, float]:
+        """One input set of ``spec`` (one eps): its points, row columns and crafting seconds."""
+        key, found = self._stored("crafted", tag)
+        if found is not None:
+            self.cache.count("runs_reused")
+            return torch.from_numpy(found["x"]).to(x.device), json.loads(str(found["cols"])), float(found["seconds"])
+        torch.manual_seed(stream_seed(self.ctx.seed, "uncertainty", tag, "craft"))  # the dropout masks while attacking
+        ((eps, x_adv, cols, craft_s),) = inputs.craft(model, x, y, spec, self.ctx.seed, "uncertainty", self.ctx.generative)
+        cols = {**cols, "eps": eps}
+        if key is not None:
+            self.cache.store.save_run(key, {"x": x_adv.cpu().numpy(), "cols": np.array(json.dumps(cols)), "seconds": np.array(craft_s)})
+            self.cache.count("runs_computed")
+        return x_adv, cols, craft_s
 
 
 def _write_points(ctx, sets, baseline: dict, t_max: int) -> None:
