@@ -16,7 +16,6 @@ from study import checkpoints
 from tests import doc_example
 
 
-@pytest.mark.slow  # trains elsewhere, a sweep and a report: the fast tier's 10 minutes have no room
 def test_the_worked_example_runs_as_written(ray_session, tmp_path, monkeypatch, capsys):
     doc_example.write(tmp_path)
     trained = subprocess.run([sys.executable, "train_elsewhere.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
