@@ -171,11 +171,15 @@ def evaluation_plan(spec: StudySpec, ds: data.Dataset, fresh: bool = False) -> l
         for i, axes in enumerate(spec.evaluate):
             if axes.scope != "trial":
                 continue
-            if not fresh and evals.has("units", bound.key("units", axes.model_dump(mode="json"))):
+            if not fresh and evals.has("units", bound.key("units", evalstore.settings(axes))):
                 parts.append(f"{axes.evaluator}[{i}] from the store")
                 continue
             detail = []
-            if axes.evaluator == "robustness" and not fresh:
+            shards = getattr(axes, "shards", None)
+            if shards is not None:
+                per = f"{shards.cpu:g} CPU" + (f" + {shards.gpu:g} GPU" if shards.gpu else "")
+                detail.append(f"points in {shards.count} shards ({'the trial plus one per free ' + ('GPU' if shards.gpu else per) if shards.count == 'auto' else 'the trial takes shards too'}; {per} per shard task)")
+            elif axes.evaluator == "robustness" and not fresh:
                 for norm_name, norm_axes in axes.norms.items():
                     grid = sorted(e for e in norm_axes.eps if e > 0)
                     for attack_spec in axes.attack_list():

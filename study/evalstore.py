@@ -67,6 +67,11 @@ def code_version(user_paths: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:16]
 
 
+def settings(axes) -> dict:
+    """An evaluator entry's settings as its unit key holds them: all but how it runs (``execution``)."""
+    return axes.model_dump(mode="json", exclude=set(axes.execution))
+
+
 def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -54,6 +54,7 @@ class Entry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     scope: ClassVar[Literal["trial", "study"]] = "trial"  # study: once after the trials, over every model
+    execution: ClassVar[tuple] = ()  # options that change how it runs, not its rows (left out of its evaluation-store key)
 
     evaluator: str
 

@@ -27,6 +27,7 @@ from study.seeds import stream_seed
 from study.spec import StudySpec, TrainConfig
 from study.spec.training import ensemble_name
 from study.evalstore import EvalStore
+from study.evaluators.shards import ModelSource
 from study.store import ModelStore, model_key
 from study.train import init_model, train
 
@@ -192,6 +193,10 @@ def run_trial(config: dict, data: Dataset, study: StudyContext, report=tune.repo
     ctx = evaluators.EvalContext(
         model=model, x=x_eval, y=y_eval, seed=cfg.seed, x_train=x, y_train=y, trial_id=tid, results_uri=study.results_uri, generative=gen_model,
         n_classes=data.n_classes, acgan=ac_model, stored_model=lambda judge: stored_model(judge, data, store, device), cache=cache,
+        model_source=ModelSource(
+            cfg.model_dump(mode="json"), tuple(data.input_shape), data.n_classes, study.store_uri,
+            None if cfg.checkpoint is not None else model_key(cfg.model_dump(mode="json"), fingerprint), cfg.checkpoint, study.workdir, tuple(study.code_folders),
+        ),
     )
     eval_start = time.perf_counter()
     # A stochastic model's dropout masks come from torch's global generator: each piece of work
@@ -236,7 +241,7 @@ def evaluated(ctx: evaluators.EvalContext, axes, cache: evalstore.Bound) -> list
     """One evaluator entry's rows against the trial's model: from the evaluation store when an
     earlier sweep computed the same entry on the same model and data with the same code (its
     artifacts written again here), else computed and stored, atomically, once it has finished."""
-    key = cache.key("units", axes.model_dump(mode="json"))
+    key = cache.key("units", evalstore.settings(axes))
     found = None if cache.fresh else cache.store.load_unit(key)
     if found is not None:
         rows, arts, uses = found

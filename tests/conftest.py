@@ -36,6 +36,25 @@ def mnist_trained(make, epochs: int, lr: float, batch: int):
     return model.eval(), torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
 
+def assert_same_rows(got, want):
+    """Robustness rows equal row for row: counts and accuracies exactly, sizes to float rounding
+    (the same point attacked in another batch: a pair alone rather than in a ladder, or in a
+    shard); the time spent aside."""
+    key = lambda r: (r["attack"], r["norm"], r["eps"])
+    assert sorted(map(key, got)) == sorted(map(key, want))
+    want = {key(r): r for r in want}
+    for row in got:
+        other = want[key(row)]
+        assert set(row) == set(other), key(row)
+        for column, value in row.items():
+            if column == "eval_s":
+                continue
+            if isinstance(value, float) and column not in ("robust_acc", "success_rate", "clean_acc", "eps"):
+                assert value == pytest.approx(other[column], rel=1e-5, abs=1e-7), (key(row), column)
+            else:
+                assert value == other[column], (key(row), column)
+
+
 # Tests that use one of these study-scale sweeps are slow (`make test-slow`), wherever they are.
 SLOW_FIXTURES = {"tilting_sweep", "bnn_sweep", "bnn_model", "goodfellow_full_sweep", "ensemble_sweep", "unrestricted_sweep"}
 

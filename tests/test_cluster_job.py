@@ -49,11 +49,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's bin: python and the `ray` CLI
 STUDY = "tests/specs/cluster.yaml"
 STUDY_ROWS, STUDY_TRIALS = 80, 4  # 4 trials x 20 rows (`python -m jobs.sweep ... --dry-run` says so)
+SHARDED = "tests/specs/cluster-shards.yaml"  # one model, its evaluation in 4 shards
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 1500
 
@@ -194,7 +196,7 @@ class LocalCluster:
         return self.ray("job", "logs", "--address", self.address, submission_id).stdout
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_cluster():
     # Short, private base dir: Ray's unix socket paths under it must stay under ~107 bytes.
     base = Path(tempfile.mkdtemp(prefix="advsweep-rc-"))
@@ -303,6 +305,61 @@ def test_a_study_as_a_ray_job_on_two_nodes(local_cluster, tmp_path):
     assert df["trial_id"].n_unique() == STUDY_TRIALS
     # Trials ran on both nodes of this cluster, and only there.
     assert set(df["node_id"].unique().to_list()) == c.node_ids, (df["node_id"].unique().to_list(), c.node_ids)
+
+
+def shard_workers() -> list[int]:
+    """Pids of Ray workers running a shard task now (Ray titles them after the task)."""
+    return [pid for pid, (_, _, cmd) in process_table().items() if cmd.startswith("ray::_shard_task")]
+
+
+def test_one_model_evaluated_in_shards_on_both_nodes(local_cluster, tmp_path):
+    """One model's evaluation in 4 shards gives the unsharded rows; the shards ran on both
+    nodes; a shard whose worker is killed is run again, alone, and the rows stay the same."""
+    import polars as pl
+
+    c = local_cluster
+    spec = yaml.safe_load((ROOT / SHARDED).read_text())
+    whole = {**spec, "evaluate": [{k: v for k, v in e.items() if k != "shards"} for e in spec["evaluate"]]}
+    (tmp_path / "whole.yaml").write_text(yaml.safe_dump(whole))
+    c.submit("advsweep-whole", "python", "-m", "jobs.sweep", str(tmp_path / "whole.yaml"), "--results", str(tmp_path / "whole"), timeout=JOB_TIMEOUT_S)
+    assert c.succeeded("advsweep-whole")
+
+    # Sharded, on the same store (the model comes from it; --fresh: its evaluation does not).
+    c.ray("job", "submit", "--no-wait", "--address", c.address, "--submission-id", "advsweep-shards",
+          "--runtime-env", "jobs/runtime_env.yaml", "--working-dir", ".", "--",
+          "python", "-m", "jobs.sweep", SHARDED, "--results", str(tmp_path / "shards"), "--fresh")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (running := shard_workers()):
+        assert time.monotonic() < deadline, c.logs("advsweep-shards")[-3000:]
+        time.sleep(0.2)
+    time.sleep(2)  # it has taken its shard
+    os.kill(running[0], signal.SIGKILL)
+    c.ray("job", "logs", "--follow", "--address", c.address, "advsweep-shards", timeout=JOB_TIMEOUT_S)
+    assert c.succeeded("advsweep-shards")
+    logs = c.logs("advsweep-shards")
+    assert "rows: 20 (1 trials)" in logs and "lost (WorkerCrashedError); running it again alone" in logs, logs[-3000:]
+
+    want = pl.read_parquet(tmp_path / "whole" / "results.parquet").sort("row_key")
+    got = pl.read_parquet(tmp_path / "shards" / "results.parquet").sort("row_key")
+    assert got["row_key"].to_list() == want["row_key"].to_list() and got.height == 20
+    for column in ("robust_acc", "broken", "success_rate", "clean_acc", "vanishing_grad", "queries_mean"):
+        assert got[column].to_list() == want[column].to_list(), column
+    for column in ("l2_mean", "linf_median", "adv_confidence_mean"):  # float rounding: other batches
+        for a, b in zip(got[column].to_list(), want[column].to_list()):
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-5, abs=1e-7), column
+
+    log = pl.read_parquet(next((tmp_path / "shards" / "artifacts" / "robustness_shards").glob("*.parquet")))
+    done = log.filter(pl.col("outcome") == "done")
+    assert set(done["node_id"]) == c.node_ids, (done["node_id"].to_list(), c.node_ids)
+    lost = log.filter(pl.col("outcome") == "lost")
+    assert lost.height == 1, log
+    (r, s) = lost.row(0, named=True)["round"], lost.row(0, named=True)["shard"]
+    again = done.filter((pl.col("round") == r) & (pl.col("shard") == s))
+    assert again["attempt"].to_list() == [2] and again["runner"].to_list() == ["trial"]
+    others = done.filter((pl.col("round") != r) | (pl.col("shard") != s))
+    assert (others["attempt"] == 1).all() and others.group_by("round", "shard").len()["len"].max() == 1
+    for _, part in done.group_by("round"):  # every round covered every shard once
+        assert sorted(part["shard"].to_list()) == [0, 1, 2, 3]
 
 
 if __name__ == "__main__":  # the cluster process started by the fixture

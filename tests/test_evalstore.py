@@ -14,7 +14,7 @@ import json
 import polars as pl
 import pytest
 import yaml
-from conftest import mnist_trained
+from conftest import assert_same_rows, mnist_trained
 from torch import nn
 
 from study import evalstore
@@ -41,24 +41,6 @@ def evaluate(mlp, cache, linf, **entry):
 
 def bound(tmp_path):
     return evalstore.Bound(evalstore.EvalStore(str(tmp_path)), {"model": "mlp", "data": "first 120", "seed": 0, "code": "test"})
-
-
-def assert_same_rows(got, want):
-    """Equal row for row: counts and accuracies exactly, sizes to float rounding (a pair attacked
-    alone runs in other batches than in a ladder); the time spent aside."""
-    key = lambda r: (r["attack"], r["norm"], r["eps"])
-    assert sorted(map(key, got)) == sorted(map(key, want))
-    want = {key(r): r for r in want}
-    for row in got:
-        other = want[key(row)]
-        assert set(row) == set(other), key(row)
-        for column, value in row.items():
-            if column == "eval_s":
-                continue
-            if isinstance(value, float) and column not in ("robust_acc", "success_rate", "clean_acc", "eps"):
-                assert value == pytest.approx(other[column], rel=1e-5, abs=1e-7), (key(row), column)
-            else:
-                assert value == other[column], (key(row), column)
 
 
 # Attacks whose outcome at a radius is that of a run at that radius alone: their pairs are facts.

@@ -106,13 +106,15 @@ class Square:
         own = dict(queries=self.queries, p_init=self.p_init, restarts=self.restarts, rescale=self.rescale, probe=self.probe)
         return own if self.probe is None else {**own, "escalate": self.escalate}
 
-    def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
+    def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None, escalation: bool | None = None) -> AttackResult:
         """With ``probe``, every point first gets a search of ``probe`` queries at its largest eps;
         if that breaks at least the share ``escalate`` of the points probed (in a cascade: points
         the gradient attacks before it left robust, a sign of masked gradients), every point not
         broken at its lowest eps gets the full budget. A point's search is the same sequence
         either way, so an escalated run gives exactly the full run's result: each probed search
-        goes on from where the probe left it, and the others start from the beginning."""
+        goes on from where the probe left it, and the others start from the beginning.
+        ``escalation`` makes that decision for the call (a sharded evaluation decides it over
+        every shard's probes: study.evaluators.shards)."""
         eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, self.restarts)
         if x.dim() != 4:
             raise ValueError("square needs images (N x C x H x W)")
@@ -121,8 +123,7 @@ class Square:
             if self.probe is not None and self.probe < self.queries:
                 probes = {}
                 self._ladder(model, state, y, norm, rng, levels, max_rows, self.probe, top_only=True, probes=probes)
-                probed = int((levels > 0).sum())
-                if int(state.found.sum()) < max(1, math.ceil(self.escalate * probed)):
+                if not (self.escalates(int(state.found.sum()), int((levels > 0).sum())) if escalation is None else escalation):
                     return state.result(ladder, early_stop)
                 # A point the probe broke at its lowest level is broken there by the full search
                 # too; any other point's ladder is searched again, its probed search resumed.
@@ -131,6 +132,10 @@ class Square:
             else:
                 self._ladder(model, state, y, norm, rng, levels, max_rows, self.queries)
         return state.result(ladder, early_stop)
+
+    def escalates(self, found: int, probed: int) -> bool:
+        """Whether a probe that broke ``found`` of the ``probed`` points calls for the full search."""
+        return found >= max(1, math.ceil(self.escalate * probed))
 
     def search_at(self, model, x, y, eps, norm, *, rng, budget: int, max_rows=None) -> AttackResult:
         """One search per point at its radius ``eps`` (N,) with at most ``budget`` proposals of

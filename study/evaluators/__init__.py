@@ -42,6 +42,7 @@ class EvalContext:
     acgan: Any = None  # study.acgan.ACGAN when an evaluator needs it
     stored_model: Callable[[Any], torch.nn.Module] | None = None  # a TrainConfig's model from the study's store (a judge)
     cache: Any = None  # study.evalstore.Bound: attack work earlier sweeps did on this model and data
+    model_source: Any = None  # study.evaluators.shards.ModelSource: how a shard task on another worker builds this model
     captured: list | None = None  # while the trial stores an entry: the artifacts it writes, (name, table)
 
     def __post_init__(self):

@@ -21,7 +21,6 @@ a researcher's) are stored as whole calls, reused when their inputs are the same
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pyarrow as pa
 import torch
@@ -213,7 +212,7 @@ class _Ladder:
             self.spent(p, self.top[p] - 1, queries)
             if hit:
                 self.hit(p, self.top[p] - 1, rec)
-        if found < max(1, math.ceil(attack.escalate * len(probed))):
+        if not attack.escalates(found, len(probed)):
             return
         rest = [p for p in probed if not self.fooled[p, 0]]
         for p in rest:  # searched again from the lowest level; the probe's queries stay counted

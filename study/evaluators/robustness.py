@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 import pyarrow as pa
 import torch
@@ -42,6 +42,7 @@ from study.attacks.gradient import AttackResult, GradientAttack, frozen
 from study.attacks.presets import DEFAULT as DEFAULT_ATTACKS
 from study.attacks.presets import PRESETS
 from study.evaluators import distances
+from study.evaluators import shards as sharding
 from study.registry import Entry, Evaluator
 from study.rng import PointRNG
 from study.seeds import stream_seed
@@ -64,6 +65,8 @@ class Options(Entry):
     eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
     per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
+    shards: Optional[sharding.Shards] = None  # split the attacked points over Ray tasks (study.evaluators.shards); the same rows
+    execution: ClassVar[tuple] = ("shards",)  # how it runs, not what it computes: not part of its evaluation-store key
 
     @model_validator(mode="before")
     @classmethod
@@ -154,37 +157,68 @@ def evaluate(ctx, axes) -> list[dict]:
     common["vanishing_grad"] = vanishing_gradients(model, xc, yc, axes.batch_rows or default_batch_rows(x))
     specs = axes.attack_list()
     ensemble = dict(ensemble="+".join(s.name for s in specs), cascade=axes.cascade)
-    searches = {}  # norm-free searches (C&W): run once per point, judged in every norm
+    if axes.shards is not None and len(points) > 1:
+        outcomes = sharding.evaluate(ctx, axes, model, xc, yc, points, stochastic)
+    else:
+        outcomes = cascade(model, xc, yc, points, axes, ctx.seed, stochastic, getattr(ctx, "cache", None))
     rows = []
     for norm_name, norm_axes in axes.norms.items():
-        norm = norms.get(norm_name)
         grid = sorted(e for e in norm_axes.eps if e > 0)
         broken = torch.zeros(len(yc), len(grid), dtype=torch.bool)
         total_s = 0.0
-        for spec in specs:
-            attack = spec.build()
-            levels = (~broken).sum(1).to(x.device) if axes.cascade else None
-            rng = PointRNG(stream_seed(ctx.seed, "robustness", spec.name, norm_name), points)
-            start = time.perf_counter()
-            with _seeded(stochastic, ctx.seed, spec.name, norm_name):
-                if getattr(ctx, "cache", None) is not None and not stochastic:
-                    from study.evaluators import attack_store  # it builds on this module's attack_grid
-
-                    fooled, deltas, queries = attack_store.attack_grid(ctx.cache, spec.describe(), norm_name, model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
-                else:
-                    fooled, deltas, queries = attack_grid(model, xc, yc, grid, norm, attack, rng, axes.batch_rows, levels, stochastic, searches)
-            eval_s = time.perf_counter() - start
+        for spec, (fooled, deltas, queries, eval_s) in zip(specs, outcomes[norm_name]):
             total_s += eval_s
             counted = fooled & ~broken if axes.cascade else fooled
             after = broken | fooled if axes.cascade else fooled
             broken |= fooled
-            cols = dict(attack=spec.name, attack_options=spec.describe(), **typed_columns(attack), **common, **ensemble)
+            cols = dict(attack=spec.name, attack_options=spec.describe(), **typed_columns(spec.build()), **common, **ensemble)
             rows += _rows(norm_name, norm_axes.eps, grid, after, counted, deltas, queries, n, ctx.clean_acc, eval_s, cols)
         cols = dict(attack="worst", attack_options=axes.ensemble(), **common, **ensemble)
         rows += _rows(norm_name, norm_axes.eps, grid, broken, broken, None, None, n, ctx.clean_acc, total_s, cols)
     if axes.per_class_eps is not None:
         rows += per_class_eps(ctx, axes, model, points, stochastic, common)
     return rows
+
+
+Outcome = tuple  # (fooled (P x L), sizes {l2, linf, confidence}: (P,), queries (P x L) or None, seconds)
+
+
+def cascade(model, x, y, points, axes, seed: int, stochastic=False, cache=None, which=None, broken=None, escalation=None, norm_names=None) -> dict[str, list[Outcome]]:
+    """Per norm, each attack's outcome on points ``x`` (their indices in the evaluation split:
+    ``points``, which key their random draws) over the norm's eps ladder, in running order; with
+    ``axes.cascade`` each attack attacks only the levels every earlier one left robust.
+
+    A part of the cascade (a shard's round, study.evaluators.shards): ``which`` (attack indices,
+    in order; default all), ``broken`` ({norm: P x L} the points broken before them),
+    ``escalation`` ({(attack index, norm): bool}: a probing Square's decision, made over every
+    shard) and ``norm_names`` (default all)."""
+    specs = axes.attack_list()
+    which = range(len(specs)) if which is None else which
+    searches = {}  # norm-free searches (C&W): run once per point, judged in every norm
+    out = {}
+    for norm_name in norm_names or axes.norms:
+        norm = norms.get(norm_name)
+        grid = sorted(e for e in axes.norms[norm_name].eps if e > 0)
+        done = broken[norm_name].clone() if broken is not None else torch.zeros(len(y), len(grid), dtype=torch.bool)
+        outs = []
+        for i in which:
+            spec = specs[i]
+            attack = spec.build()
+            levels = (~done).sum(1).to(x.device) if axes.cascade else None
+            rng = PointRNG(stream_seed(seed, "robustness", spec.name, norm_name), points)
+            start = time.perf_counter()
+            with _seeded(stochastic, seed, spec.name, norm_name):
+                if cache is not None and not stochastic:
+                    from study.evaluators import attack_store  # it builds on this module's attack_grid
+
+                    fooled, deltas, queries = attack_store.attack_grid(cache, spec.describe(), norm_name, model, x, y, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
+                else:
+                    decided = (escalation or {}).get((i, norm_name))
+                    fooled, deltas, queries = attack_grid(model, x, y, grid, norm, attack, rng, axes.batch_rows, levels, stochastic, searches, decided)
+            outs.append((fooled, deltas, queries, time.perf_counter() - start))
+            done |= fooled
+        out[norm_name] = outs
+    return out
 
 
 def vanishing_gradients(model, x, y, batch: int) -> float | None:
@@ -331,7 +365,7 @@ def _nothing(n_points: int, n_levels: int):
     return torch.zeros(n_points, n_levels, dtype=torch.bool), {**{name: zeros for name in norms.NORMS}, "confidence": zeros}, None
 
 
-def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=None, stochastic=False, searches=None):
+def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=None, stochastic=False, searches=None, escalation=None):
     """Attack every point at every eps of ``grid`` (ascending) in one batched call.
 
     Returns ``fooled`` (P x L bool), ``deltas`` ({'l2', 'linf'}: per point, the size of the
@@ -339,7 +373,8 @@ def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=No
     probability of the class it predicts there) and the attack's queries per point (or None).
     ``levels`` (P,) attacks only each point's first levels (a cascade). A grid entry may be a
     tensor of per-point radii (per-class eps). ``searches`` caches a norm-free search (C&W) per
-    point across norms. ``batch_rows`` (points in flight) defaults by device: on a CPU, batches
+    point across norms; ``escalation`` decides a probing Square's escalation (Square.run).
+    ``batch_rows`` (points in flight) defaults by device: on a CPU, batches
     that keep the activations in cache run about twice as fast per row as batches of thousands
     (benchmarks/attacks.py measures it); a GPU wants large batches.
     """
@@ -351,7 +386,8 @@ def attack_grid(model, x, y, grid, norm, attack, rng, batch_rows=None, levels=No
     if stochastic and _plain(attack):
         return attack_stochastic(model, x, y, grid, norm, attack, rng, rows, levels)
     eps = torch.stack([e if torch.is_tensor(e) else torch.full((len(y),), float(e), dtype=x.dtype, device=x.device) for e in grid], dim=1).to(x)
-    res = attack.run(model, x, y, eps, norm, rng=rng, max_rows=rows, levels=levels)
+    decided = {} if escalation is None else dict(escalation=escalation)
+    res = attack.run(model, x, y, eps, norm, rng=rng, max_rows=rows, levels=levels, **decided)
     return _outcome(model, x, y, res)
 
 
