@@ -4,7 +4,11 @@
 #   1. the tests marked `cuda`: training (standard, FGSM, PGD), every attack against the CPU's
 #      result, MC dropout with EOT, the generative model, PointRNG's draws on the device;
 #   2. our autoattack and autoattack-fast presets on a PGD-trained CNN and the masked ratio
-#      triplet (benchmarks/autoattack.py without the reference), timed on the GPU.
+#      triplet (benchmarks/autoattack.py without the reference), timed on the GPU;
+#   3. each autoattack attack's passes per point and per second in float32, bf16 and fp16, and
+#      what the lower precisions change in robust accuracy (benchmarks/throughput.py).
+# The sharded evaluation needs Ray, which the GPU image lacks (and its wheels exceed what a run
+# carries): it is checked on the CPU cluster (tests/test_cluster_job.py).
 #
 # The GPU image has PyTorch but not pydantic or mlxtend. Before the first run, here (with the
 # package registry): `make gpu-wheels` (fills .whl/, ignored by git). Then, with the device tool:
@@ -23,5 +27,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 status=0
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_rng.py tests/test_latent.py 2>&1 | tee "$OUT/cuda-tests.log" || status=1
-timeout 180 python3 benchmarks/autoattack.py --no-reference --device cuda --points 1000 2>&1 | tee "$OUT/autoattack-gpu.md" || status=1
+timeout 150 python3 benchmarks/autoattack.py --no-reference --device cuda --points 1000 2>&1 | tee "$OUT/autoattack-gpu.md" || status=1
+timeout 60 python3 benchmarks/throughput.py --device cuda --points 1000 --precisions float32,bf16,fp16 2>&1 | tee "$OUT/throughput-gpu.md" || status=1
 exit $status

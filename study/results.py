@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from study import fsio
 
-SCHEMA_VERSION = "12"
+SCHEMA_VERSION = "13"
 _META_KEY = b"advsweep.schema_version"
 # A trial file also keeps the trial's final Tune report, so a trial whose rows are already written
 # (a resumed sweep, a retried worker) reports it again instead of computing the rows a second time.

@@ -123,12 +123,13 @@ def test_a_shard_task_loads_the_model_and_computes_its_part(ray_session, stored,
     points = correct.nonzero().squeeze(1)
     parts = list(torch.arange(len(points)).tensor_split(3))
     rnd = shards._Round(source, axes, 0, x[points], y[points], points, parts, [1], None, {}, ["l2"], [None] * 3, None, 1, 0.0)
-    board = shards._Board.remote([2])
-    s, out, rec = ray.get(shards._shard_task.remote(board, 0, ray.put(rnd)))
+    _, board_actor, shard_task, _ = shards._ray()
+    board = board_actor.remote([2])
+    s, out, rec = ray.get(shard_task.remote(board, 0, ray.put(rnd)))
     assert s == 2 and rec["runner"] == "task" and rec["node_id"] == ray.get_runtime_context().get_node_id()
     here = rnd.compute(2, model, torch.device("cpu"))
     assert torch.equal(out["l2"][0][0], here["l2"][0][0]) and out["l2"][0][0].shape == (len(parts[2]), 2)
-    assert ray.get(shards._shard_task.remote(board, 1, ray.put(rnd))) is None  # the queue is empty
+    assert ray.get(shard_task.remote(board, 1, ray.put(rnd))) is None  # the queue is empty
 
 
 def test_the_robustbench_spec_dry_runs(tmp_path):
@@ -157,3 +158,12 @@ def test_the_robustbench_spec_dry_runs(tmp_path):
     assert "points in auto shards (the trial plus one per free GPU; 2 CPU + 1 GPU per shard task)" in out.stdout, out.stdout
     entry = RobustnessEval.model_validate(spec["evaluate"][0])
     assert entry.attack_list()[2].name == "fab-t" and entry.attack_list()[3].build().queries == 5000  # the standard version
+
+
+def test_unsharded_evaluation_needs_no_ray():
+    """The GPU image (benchmarks/gpu_check.sh) has no Ray: the evaluator imports without it."""
+    import subprocess
+    import sys
+
+    code = "import sys; import study.evaluators.robustness; assert 'ray' not in sys.modules, 'ray imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from study import attacks, mc, norms, objectives
+from study import attacks, mc, norms, objectives, precision
 from study.attacks.apgd import APGD
 from study.attacks.cw import CarliniWagnerL2
 from study.attacks.gradient import AttackResult, GradientAttack, frozen
@@ -65,6 +65,7 @@ class Options(Entry):
     eot_samples: PosInt = 1  # stochastic (MC-dropout) models: MC samples per attack query (expectation over transformation)
     batch_rows: Optional[PosInt] = None  # rows (point x eps) per attack batch; null: 256 on CPU, 16384 on GPU
     per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
+    precision: Literal["float32", "bf16", "fp16"] = "float32"  # the model's arithmetic in the attacks' queries (study.precision); inputs, steps and losses stay float32
     shards: Optional[sharding.Shards] = None  # split the attacked points over Ray tasks (study.evaluators.shards); the same rows
     execution: ClassVar[tuple] = ("shards",)  # how it runs, not what it computes: not part of its evaluation-store key
 
@@ -107,15 +108,19 @@ class Options(Entry):
         for norm, axes in self.norms.items():
             for eps in axes.eps:
                 for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
-                    out.append((name, described, ens, self.cascade, norm, float(eps), eot, None))
+                    out.append((name, described, ens, self.cascade, norm, float(eps), eot, None, self.row_precision()))
         if self.per_class_eps is not None:
             pc = self.per_class_eps
             for norm in pc.norms:
                 for q in pc.quantiles:
                     for rule in ("per-class", "uniform"):
                         for name, described, ens in [*per_attack, ("worst", self.ensemble(), names)]:
-                            out.append((name, described, ens, self.cascade, norm, None, eot, (q, pc.fraction, pc.per_class, rule)))
+                            out.append((name, described, ens, self.cascade, norm, None, eot, (q, pc.fraction, pc.per_class, rule), self.row_precision()))
         return out
+
+    def row_precision(self) -> Optional[str]:
+        """The rows' `precision` column: null for float32."""
+        return None if self.precision == "float32" else self.precision
 
     def uses_training_split(self) -> bool:
         return self.per_class_eps is not None  # per-class eps come from training-image distances
@@ -152,8 +157,10 @@ def evaluate(ctx, axes) -> list[dict]:
     points = ctx.correct.nonzero().squeeze(1)  # the attacked points, by their index in the split
     xc, yc = x[points], y[points]
     stochastic = mc.is_stochastic(ctx.model)
-    model = mc.attackable(ctx.model, axes.eot_samples)
+    model = attacked_model(ctx.model, axes)
     common = dict(eot_samples=axes.eot_samples) if stochastic else {}
+    if axes.row_precision():  # null in float32 rows, so their keys are those of before the option
+        common["precision"] = axes.row_precision()
     common["vanishing_grad"] = vanishing_gradients(model, xc, yc, axes.batch_rows or default_batch_rows(x))
     specs = axes.attack_list()
     ensemble = dict(ensemble="+".join(s.name for s in specs), cascade=axes.cascade)
@@ -211,7 +218,8 @@ def cascade(model, x, y, points, axes, seed: int, stochastic=False, cache=None, 
                 if cache is not None and not stochastic:
                     from study.evaluators import attack_store  # it builds on this module's attack_grid
 
-                    fooled, deltas, queries = attack_store.attack_grid(cache, spec.describe(), norm_name, model, x, y, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
+                    described = spec.describe() if axes.precision == "float32" else f"{spec.describe()} at {axes.precision}"
+                    fooled, deltas, queries = attack_store.attack_grid(cache, described, norm_name, model, x, y, grid, norm, attack, rng, axes.batch_rows, levels, searches, points)
                 else:
                     decided = (escalation or {}).get((i, norm_name))
                     fooled, deltas, queries = attack_grid(model, x, y, grid, norm, attack, rng, axes.batch_rows, levels, stochastic, searches, decided)
@@ -219,6 +227,11 @@ def cascade(model, x, y, points, axes, seed: int, stochastic=False, cache=None, 
             done |= fooled
         out[norm_name] = outs
     return out
+
+
+def attacked_model(model, axes):
+    """What the attacks query: a stochastic model through its MC predictive, at the entry's precision."""
+    return mc.attackable(precision.queried(model, axes.precision), axes.eot_samples)
 
 
 def vanishing_gradients(model, x, y, batch: int) -> float | None:
@@ -468,6 +481,7 @@ def _rows(norm_name, eps_list, grid, after, counted, deltas, queries, n, clean_a
 
 
 COLUMNS = (
+    ("precision", pa.string(), "evaluation", "robustness: the model's arithmetic in the attacks' queries under autocast, bf16 or fp16 (study.precision); null: float32"),
     ("vanishing_grad", pa.float64(), "metric", "robustness: share of the attacked points whose cross-entropy input gradient is exactly 0 at x (a saturated softmax: a cross-entropy gradient attack cannot take its first step there)"),
     ("broken", pa.int64(), "metric", "robustness: points this attack broke at this eps; in a cascade, those no earlier attack had broken (AutoAttack's per-attack log); for `worst`, all broken points"),
 )

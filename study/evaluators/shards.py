@@ -33,18 +33,17 @@ import os
 import time
 from typing import Literal, Optional, Union
 
+import functools
+
 import numpy as np
-import ray
 import torch
 from pydantic import model_validator
-from ray.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError, WorkerCrashedError
 
-from study import checkpoints, imports, mc, norms
+from study import checkpoints, imports, norms
 from study.attacks.square import Square
 from study.spec.constraints import Strict
 from study.types import NonNegFloat, PosFloat, PosInt
 
-LOST = (WorkerCrashedError, NodeDiedError, ObjectLostError, OwnerDiedError)
 
 
 class Shards(Strict):
@@ -62,6 +61,8 @@ class Shards(Strict):
 
     def resolve(self, n_points: int) -> int:
         """The number of shards for ``n_points`` attacked points (at most one per point)."""
+        import ray
+
         count = self.count
         if count == "auto":
             free = ray.available_resources() if ray.is_initialized() else {}
@@ -134,7 +135,6 @@ class _Round:
         return out
 
 
-@ray.remote
 class _Board:
     """The round's queue of shards; ``take`` gives each caller the next one (None when empty)."""
 
@@ -151,19 +151,34 @@ class _Board:
         return dict(self.given)
 
 
+@functools.cache
+def _ray():
+    """Ray and this module's remote parts, imported when a sharded entry runs (Ray is not
+    needed to evaluate unsharded, e.g. on a GPU image without it)."""
+    import ray
+    from ray.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError, WorkerCrashedError
+
+    lost = (WorkerCrashedError, NodeDiedError, ObjectLostError, OwnerDiedError)
+    # A lost shard is run again by the trial, which records it: no retry by Ray.
+    return ray, ray.remote(_Board), ray.remote(max_retries=0)(_shard_task), lost
+
+
 def _node() -> str:
+    ray = _ray()[0]
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-@ray.remote(max_retries=0)  # a lost shard is run again by the trial, which records it
 def _shard_task(board, token: int, rnd: _Round):
+    ray = _ray()[0]
     s = ray.get(board.take.remote(token))
     if s is None:
         return None
     start = time.perf_counter()
     torch.set_num_threads(rnd.threads)
     device = torch.device("cuda" if rnd.gpu > 0 and torch.cuda.is_available() else "cpu")
-    model = mc.attackable(rnd.source.load(device), rnd.axes.eot_samples)
+    from study.evaluators.robustness import attacked_model
+
+    model = attacked_model(rnd.source.load(device), rnd.axes)
     out = rnd.compute(s, model, device)
     return s, out, dict(node_id=_node(), runner="task", seconds=time.perf_counter() - start)
 
@@ -257,14 +272,15 @@ class _Runner:
             max(1, math.ceil(axes.shards.cpu)), axes.shards.gpu,
         )
         device = self.x.device
+        ray, remote_board, remote_task, lost = _ray()
         tasks, board = {}, None
         if todo and ray.is_initialized() and rnd.source is not None and len(todo) > 1:
             # A named strategy: Tune's placement group would capture these children, and it
             # holds only the trial's own resources.
-            board = _Board.options(num_cpus=0, scheduling_strategy="DEFAULT").remote(todo)
+            board = remote_board.options(num_cpus=0, scheduling_strategy="DEFAULT").remote(todo)
             ref = ray.put(rnd)
             opts = dict(num_cpus=axes.shards.cpu, num_gpus=axes.shards.gpu, scheduling_strategy="SPREAD")
-            tasks = {t: _shard_task.options(**opts).remote(board, t, ref) for t in range(len(todo) - 1)}
+            tasks = {t: remote_task.options(**opts).remote(board, t, ref) for t in range(len(todo) - 1)}
         queue = iter(todo) if board is None else None
         while True:  # the trial takes shards too, with its own resources
             s = next(queue, None) if board is None else ray.get(board.take.remote("trial"))
@@ -284,7 +300,7 @@ class _Runner:
                     continue
                 try:
                     s, out, rec = ray.get(tasks[token])
-                except LOST as e:
+                except lost as e:
                     self._record(s, "lost", dict(node_id=None, runner="task", seconds=None, error=type(e).__name__))
                     print(f"advsweep trial {ctx.trial_id}: robustness shard {s + 1}/{n} lost ({type(e).__name__}); running it again alone", flush=True)
                     start = time.perf_counter()
