@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test test-slow test-cluster bench bench-autoattack gpu-wheels clean
+.PHONY: quickstart test test-slow test-cluster bench bench-shards bench-autoattack gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,13 +31,20 @@ chromium:
 		|| echo "chromium could not be installed: the report's browser test will skip (and fail under CI)"
 
 # The cluster path: a real two-node Ray cluster on this host (127.0.0.1 only) and a small study
-# submitted with `ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .` (minutes).
+# submitted with `ray job submit --runtime-env jobs/runtime_env.yaml --working-dir .`, then one
+# model's evaluation in 4 shards over both nodes, a shard's worker killed (minutes).
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow tests/test_cluster_job.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/mc_samples.py
+	$(PY) benchmarks/throughput.py
+
+# One model in 1 shard and in 2, and the quickstart with and without shards (models from the
+# store: run `make quickstart` first). About 25 minutes on 2 cores.
+bench-shards: $(VENV)/.installed
+	$(PY) benchmarks/shards.py
 
 # Our AutoAttack against the reference (torchattacks, installed for the benchmark only; its
 # pinned `requests` would downgrade the project's, hence --no-deps). About 2 hours on 2 cores.
