@@ -6,8 +6,9 @@ computed; the models come from the store: train them first, e.g. with ``make qui
 
   one model, unsharded     SPEC restricted to its first training config
   one model, N shards      the same with ``shards: N`` on its robustness entries
-  study, unsharded         SPEC as it is (the baseline of "no slower than today")
-  study, N shards          SPEC with ``shards: N``
+  models, unsharded        SPEC with its first model only, its other training axes as they are
+                           (the quickstart's: 4 CNNs), the baseline of "no slower than today"
+  models, N shards         the same with ``shards: N``
 
 Prints each sweep's wall time (manifest.json's ``wall_s``), the trials' evaluation seconds, the
 ratio of each sharded sweep to its unsharded twin, and whether their rows are equal.
@@ -69,11 +70,11 @@ def main() -> None:
     spec = yaml.safe_load((ROOT / args.spec).read_text())
     if args.n_eval:
         spec["data"]["n_eval"] = args.n_eval
-    first = copy.deepcopy(spec)
-    first["train"] = {k: (v["grid"][0] if isinstance(v, dict) and "grid" in v else v) for k, v in spec["train"].items()}
+    first = lambda *axes: {k: (v["grid"][0] if k in axes and isinstance(v, dict) and "grid" in v else v) for k, v in spec["train"].items()}
+    one, several = {**spec, "train": first(*spec["train"])}, {**spec, "train": first("model")}
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, base in (("one model", first), ("study", spec)):
+        for label, base in (("one model", one), ("models", several)):
             for shards in (None, args.shards):
                 name = f"{label}, {'unsharded' if shards is None else f'{shards} shards'}"
                 runs[name] = sweep(with_shards(base, shards), Path(tmp), ROOT / f"{args.results}-{len(runs)}")

@@ -35,8 +35,11 @@ def declared(groups) -> set[str]:
     return {Requirement(r).name.lower() for r in reqs}
 
 
+BENCHMARKS = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}  # a benchmark may import another's helpers
+
+
 def third_party(names: set[str]) -> set[str]:
-    return {n for n in names if n not in sys.stdlib_module_names and n not in OURS and not n.startswith("test_")}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in OURS | BENCHMARKS and not n.startswith("test_")}
 
 
 def test_the_package_imports_only_what_it_declares():

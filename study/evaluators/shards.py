@@ -271,7 +271,6 @@ class _Runner:
             broken, escalation, norm_names, keys, cache.store.uri if cache is not None else None,
             max(1, math.ceil(axes.shards.cpu)), axes.shards.gpu,
         )
-        device = self.x.device
         ray, remote_board, remote_task, lost = _ray()
         tasks, board = {}, None
         if todo and ray.is_initialized() and rnd.source is not None and len(todo) > 1:
@@ -281,38 +280,51 @@ class _Runner:
             ref = ray.put(rnd)
             opts = dict(num_cpus=axes.shards.cpu, num_gpus=axes.shards.gpu, scheduling_strategy="SPREAD")
             tasks = {t: remote_task.options(**opts).remote(board, t, ref) for t in range(len(todo) - 1)}
-        queue = iter(todo) if board is None else None
-        while True:  # the trial takes shards too, with its own resources
-            s = next(queue, None) if board is None else ray.get(board.take.remote("trial"))
-            if s is None:
-                break
-            start = time.perf_counter()
-            shards[s] = rnd.compute(s, self.model, device)
-            self._record(s, "done", dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start))
-            self._progress(shards)
-        if board is not None:
-            given = ray.get(board.given_out.remote())
-            for token, ref in tasks.items():
-                if token not in given:
-                    ray.cancel(ref)  # it found no resources before the queue emptied
-            for token, s in sorted(given.items(), key=lambda kv: str(kv[0])):
-                if token == "trial":
-                    continue
-                try:
-                    s, out, rec = ray.get(tasks[token])
-                except lost as e:
-                    self._record(s, "lost", dict(node_id=None, runner="task", seconds=None, error=type(e).__name__))
-                    print(f"advsweep trial {ctx.trial_id}: robustness shard {s + 1}/{n} lost ({type(e).__name__}); running it again alone", flush=True)
-                    start = time.perf_counter()
-                    out = rnd.compute(s, self.model, device)
-                    rec = dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start)
-                shards[s] = out
-                self._record(s, "done", rec)
-                self._progress(shards)
-            ray.kill(board)
+        try:
+            self._take(shards, rnd, board, iter(todo) if board is None else None)
+            if board is not None:
+                self._collect(shards, rnd, board, tasks, lost)
+        finally:
+            if board is not None:  # on an error too: no task or queue outlives the round
+                for ref in tasks.values():
+                    ray.cancel(ref)
+                ray.kill(board)
         if cache is not None:
             cache.count("runs_computed", len(todo))
         return _merge(shards, norm_names, len(which))
+
+    def _take(self, shards: list, rnd: _Round, board, queue) -> None:
+        """The trial's part: shards from the queue, computed here, until it is empty."""
+        ray = _ray()[0]
+        while True:
+            s = next(queue, None) if board is None else ray.get(board.take.remote("trial"))
+            if s is None:
+                return
+            start = time.perf_counter()
+            shards[s] = rnd.compute(s, self.model, self.x.device)
+            self._record(s, "done", dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start))
+            self._progress(shards)
+
+    def _collect(self, shards: list, rnd: _Round, board, tasks: dict, lost: tuple) -> None:
+        """The tasks' shards; a task that never took one is cancelled (it found no resources
+        before the queue emptied), a lost one's shard computed here, alone."""
+        ray = _ray()[0]
+        given = ray.get(board.given_out.remote())
+        for token, ref in tasks.items():
+            if token not in given:
+                ray.cancel(ref)
+        for token, s in sorted((t, s) for t, s in given.items() if t != "trial"):
+            try:
+                s, out, rec = ray.get(tasks[token])
+            except lost as e:
+                self._record(s, "lost", dict(node_id=None, runner="task", seconds=None, error=type(e).__name__))
+                print(f"advsweep trial {self.ctx.trial_id}: robustness shard {s + 1}/{len(self.parts)} lost ({type(e).__name__}); running it again alone", flush=True)
+                start = time.perf_counter()
+                out = rnd.compute(s, self.model, self.x.device)
+                rec = dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start)
+            shards[s] = out
+            self._record(s, "done", rec)
+            self._progress(shards)
 
     def _record(self, s: int, outcome: str, rec: dict) -> None:
         attempt = 1 + sum(1 for r in self.log if r["round"] == self.rounds and r["shard"] == s and r["outcome"] != "from store")
