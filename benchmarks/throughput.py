@@ -8,10 +8,11 @@ through the robustness evaluator's ``attack_grid`` at Linf 0.3, at each ``--prec
 robustness entry's ``precision``: the model under autocast, study.precision).
 
 Columns, per attack and precision: seconds; the model's forward and backward passes per point
-(the rows it ran, as AttackBench counts them: ``fwd``, ``bwd``; an attack that stops a point
-early spends less); ``passes/s``, forward plus backward rows per second, the throughput figure
-across attacks and devices; robust accuracy, and for a lower precision its difference from
-float32 in points (the effect on the numbers); ``speedup`` against float32 in the same run.
+(the rows it ran, as AttackBench counts them: ``fwd``, ``bwd``, including one forward per point
+to judge the result; an attack that stops a point early spends less); ``img x it/s``, images x
+iterations per second, an iteration being a backward pass for the gradient attacks and a query
+(forward) for Square; robust accuracy, and for a lower precision its difference from float32 in
+points (the effect on the numbers); ``speedup`` against float32 in the same run.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     x, y = x[keep], y[keep]
     points = keep.nonzero().squeeze(1)
     print(f"pgd-cnn, {len(y)} correctly classified of the first {args.points} points, Linf {EPS}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| attack | precision | seconds | fwd / point | bwd / point | passes/s | robust acc | vs float32 (points) | speedup |")
+    print("| attack | precision | seconds | fwd / point | bwd / point | img x it/s | robust acc | vs float32 (points) | speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
     for raw in PRESETS["autoattack"]:
         spec = AttackSpec.model_validate(raw)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
             base = base or (seconds, acc)
             diff = f"{(acc - base[1]) * 100:+.1f}" if prec != "float32" else ""
             speed = f"{base[0] / seconds:.2f}x" if prec != "float32" else ""
-            print(f"| {spec.name} | {prec} | {seconds:.1f} | {counted.fwd / len(y):.0f} | {counted.bwd / len(y):.0f} | {(counted.fwd + counted.bwd) / seconds:,.0f} | {acc:.1%} | {diff} | {speed} |", flush=True)
+            print(f"| {spec.name} | {prec} | {seconds:.1f} | {counted.fwd / len(y):.0f} | {counted.bwd / len(y):.0f} | {(counted.bwd or counted.fwd) / seconds:,.0f} | {acc:.1%} | {diff} | {speed} |", flush=True)
     return 0
 
 

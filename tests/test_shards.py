@@ -110,9 +110,9 @@ def test_shards_option():
     assert Shards(count=8).resolve(5) == 5  # never more shards than points
 
 
-def test_a_shard_task_loads_the_model_and_computes_its_part(ray_session, stored, unsharded):
-    """The task path on its own: a Ray task takes a shard from the queue, builds the model from
-    the store, and gives that shard's rows' outcomes (the trial takes none here)."""
+def test_a_shard_worker_loads_the_model_and_computes_its_part(ray_session, stored, unsharded):
+    """The task path on its own: a Ray task takes the shards of the queue, builds the model from
+    the store once, and yields each shard's outcomes (the trial takes none here)."""
     import ray
 
     from study.evaluators import shards
@@ -123,13 +123,15 @@ def test_a_shard_task_loads_the_model_and_computes_its_part(ray_session, stored,
     points = correct.nonzero().squeeze(1)
     parts = list(torch.arange(len(points)).tensor_split(3))
     rnd = shards._Round(source, axes, 0, x[points], y[points], points, parts, [1], None, {}, ["l2"], [None] * 3, None, 1, 0.0)
-    _, board_actor, shard_task, _ = shards._ray()
-    board = board_actor.remote([2])
-    s, out, rec = ray.get(shard_task.remote(board, 0, ray.put(rnd)))
-    assert s == 2 and rec["runner"] == "task" and rec["node_id"] == ray.get_runtime_context().get_node_id()
-    here = rnd.compute(2, model, torch.device("cpu"))
-    assert torch.equal(out["l2"][0][0], here["l2"][0][0]) and out["l2"][0][0].shape == (len(parts[2]), 2)
-    assert ray.get(shard_task.remote(board, 1, ray.put(rnd))) is None  # the queue is empty
+    _, board_actor, worker, _ = shards._ray()
+    board = board_actor.remote([2, 0])
+    done = [ray.get(ref) for ref in worker.remote(board, 0, ray.put(rnd))]
+    assert [s for s, _, _ in done] == [2, 0] and ray.get(board.given_out.remote()) == {0: [2, 0]}
+    for s, out, rec in done:
+        assert rec["runner"] == "task" and rec["node_id"] == ray.get_runtime_context().get_node_id()
+        here = rnd.compute(s, model, torch.device("cpu"))
+        assert torch.equal(out["l2"][0][0], here["l2"][0][0]) and out["l2"][0][0].shape == (len(parts[s]), 2)
+    assert list(worker.remote(board, 1, ray.put(rnd))) == []  # the queue is empty
 
 
 def test_the_robustbench_spec_dry_runs(tmp_path):

@@ -6,13 +6,15 @@ evaluation split, its gradient is its own loss's; tests/test_batch_invariance.py
 its place in the cascade (the levels earlier attacks left it), so the merged outcomes are those
 of one unsharded run, bit for bit, on any number of shards.
 
-How the shards run (``_Board``): the trial puts the shards in a queue and starts a Ray task per
-shard beyond its own, each asking for the entry's ``shards.cpu`` / ``shards.gpu`` and spread over
-the nodes; every task takes the next shard when it starts, and so does the trial itself with its
-own resources, shard after shard, until the queue is empty. Tasks that never got a shard (no
-resources came free) are cancelled, so a trial never waits on work that has not started, and
-trials that fill the cluster evaluate their own shards as an unsharded trial would. A task that
-dies with its worker or node (``LOST``) is run again alone, by the trial.
+How the shards run (``_Board``): the trial puts the shards in a queue and starts as many Ray
+tasks as the cluster has room for now (each asking for the entry's ``shards.cpu`` /
+``shards.gpu``, spread over the nodes, at most one per shard beyond the trial's own). Each task
+builds the model once and takes shards until the queue is empty, yielding each as it is done;
+so does the trial itself, with its own resources. A task that took no shard is not waited for
+(its resources went elsewhere: it finds the queue empty when it starts), so trials that fill
+the cluster evaluate their own shards as an unsharded trial would. A shard whose task died with
+its worker or node is run again, alone, by the trial. (Nothing is cancelled: a task cancelled
+as it finishes can crash its owner, in Ray 2.60.)
 
 Rounds: a Square with a probe decides its escalation over every point it probed, so the cascade
 runs up to that probe, the trial decides per norm over all shards, and a second round runs the
@@ -144,11 +146,12 @@ class _Board:
     def take(self, who) -> Optional[int]:
         if not self.todo:
             return None
-        self.given[who] = self.todo.pop(0)
-        return self.given[who]
+        self.given.setdefault(who, []).append(self.todo.pop(0))
+        return self.given[who][-1]
 
     def given_out(self) -> dict:
-        return dict(self.given)
+        """Who took which shards (a caller that took none is not there)."""
+        return {who: list(taken) for who, taken in self.given.items()}
 
 
 @functools.cache
@@ -160,7 +163,7 @@ def _ray():
 
     lost = (WorkerCrashedError, NodeDiedError, ObjectLostError, OwnerDiedError)
     # A lost shard is run again by the trial, which records it: no retry by Ray.
-    return ray, ray.remote(_Board), ray.remote(max_retries=0)(_shard_task), lost
+    return ray, ray.remote(_Board), ray.remote(max_retries=0)(_shard_worker), lost
 
 
 def _node() -> str:
@@ -168,19 +171,19 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def _shard_task(board, token: int, rnd: _Round):
-    ray = _ray()[0]
-    s = ray.get(board.take.remote(token))
-    if s is None:
-        return None
-    start = time.perf_counter()
+def _shard_worker(board, token: int, rnd: _Round):
+    """A Ray task: shards from the queue until it is empty, each yielded as it is done (shard,
+    outcomes, record); the model is built once, for the first."""
+    ray, model = _ray()[0], None
     torch.set_num_threads(rnd.threads)
     device = torch.device("cuda" if rnd.gpu > 0 and torch.cuda.is_available() else "cpu")
-    from study.evaluators.robustness import attacked_model
+    while (s := ray.get(board.take.remote(token))) is not None:
+        start = time.perf_counter()
+        if model is None:
+            from study.evaluators.robustness import attacked_model
 
-    model = attacked_model(rnd.source.load(device), rnd.axes)
-    out = rnd.compute(s, model, device)
-    return s, out, dict(node_id=_node(), runner="task", seconds=time.perf_counter() - start)
+            model = attacked_model(rnd.source.load(device), rnd.axes)
+        yield s, rnd.compute(s, model, device), dict(node_id=_node(), runner="task", seconds=time.perf_counter() - start)
 
 
 def evaluate(ctx, axes, model, x, y, points, stochastic: bool) -> dict:
@@ -223,6 +226,13 @@ def evaluate(ctx, axes, model, x, y, points, stochastic: bool) -> dict:
         start = stop
     runner.write_log()
     return outcomes
+
+
+def _free_slots(shards: Shards) -> int:
+    """How many shard tasks of this size the cluster could start now."""
+    free = _ray()[0].available_resources()
+    slots = int(free.get("CPU", 0) // shards.cpu)
+    return min(slots, int(free.get("GPU", 0) // shards.gpu)) if shards.gpu > 0 else slots
 
 
 def _probing(attack) -> bool:
@@ -271,24 +281,19 @@ class _Runner:
             broken, escalation, norm_names, keys, cache.store.uri if cache is not None else None,
             max(1, math.ceil(axes.shards.cpu)), axes.shards.gpu,
         )
-        ray, remote_board, remote_task, lost = _ray()
-        tasks, board = {}, None
-        if todo and ray.is_initialized() and rnd.source is not None and len(todo) > 1:
+        ray, remote_board, remote_worker, lost = _ray()
+        workers, board = {}, None
+        free = _free_slots(axes.shards) if todo and ray.is_initialized() and rnd.source is not None else 0
+        if min(free, len(todo) - 1) > 0:
             # A named strategy: Tune's placement group would capture these children, and it
             # holds only the trial's own resources.
             board = remote_board.options(num_cpus=0, scheduling_strategy="DEFAULT").remote(todo)
             ref = ray.put(rnd)
             opts = dict(num_cpus=axes.shards.cpu, num_gpus=axes.shards.gpu, scheduling_strategy="SPREAD")
-            tasks = {t: remote_task.options(**opts).remote(board, t, ref) for t in range(len(todo) - 1)}
-        try:
-            self._take(shards, rnd, board, iter(todo) if board is None else None)
-            if board is not None:
-                self._collect(shards, rnd, board, tasks, lost)
-        finally:
-            if board is not None:  # on an error too: no task or queue outlives the round
-                for ref in tasks.values():
-                    ray.cancel(ref)
-                ray.kill(board)
+            workers = {t: remote_worker.options(**opts).remote(board, t, ref) for t in range(min(free, len(todo) - 1))}
+        self._take(shards, rnd, board, iter(todo) if board is None else None)
+        if board is not None:
+            self._collect(shards, rnd, board, workers, lost)
         if cache is not None:
             cache.count("runs_computed", len(todo))
         return _merge(shards, norm_names, len(which))
@@ -305,26 +310,26 @@ class _Runner:
             self._record(s, "done", dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start))
             self._progress(shards)
 
-    def _collect(self, shards: list, rnd: _Round, board, tasks: dict, lost: tuple) -> None:
-        """The tasks' shards; a task that never took one is cancelled (it found no resources
-        before the queue emptied), a lost one's shard computed here, alone."""
+    def _collect(self, shards: list, rnd: _Round, board, workers: dict, lost: tuple) -> None:
+        """The workers' shards, as each finishes; a shard whose worker died is computed here,
+        alone. A worker that took none is not waited for (it may have found no resources: it
+        will find the queue empty when it starts)."""
         ray = _ray()[0]
-        given = ray.get(board.given_out.remote())
-        for token, ref in tasks.items():
-            if token not in given:
-                ray.cancel(ref)
-        for token, s in sorted((t, s) for t, s in given.items() if t != "trial"):
+        for token, taken in sorted((t, taken) for t, taken in ray.get(board.given_out.remote()).items() if t != "trial"):
             try:
-                s, out, rec = ray.get(tasks[token])
+                for ref in workers[token]:
+                    s, out, rec = ray.get(ref)
+                    shards[s] = out
+                    self._record(s, "done", rec)
+                    self._progress(shards)
             except lost as e:
-                self._record(s, "lost", dict(node_id=None, runner="task", seconds=None, error=type(e).__name__))
-                print(f"advsweep trial {self.ctx.trial_id}: robustness shard {s + 1}/{len(self.parts)} lost ({type(e).__name__}); running it again alone", flush=True)
-                start = time.perf_counter()
-                out = rnd.compute(s, self.model, self.x.device)
-                rec = dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start)
-            shards[s] = out
-            self._record(s, "done", rec)
-            self._progress(shards)
+                for s in (s for s in taken if shards[s] is None):
+                    self._record(s, "lost", dict(node_id=None, runner="task", seconds=None, error=type(e).__name__))
+                    print(f"advsweep trial {self.ctx.trial_id}: robustness shard {s + 1}/{len(self.parts)} lost ({type(e).__name__}); running it again alone", flush=True)
+                    start = time.perf_counter()
+                    shards[s] = rnd.compute(s, self.model, self.x.device)
+                    self._record(s, "done", dict(node_id=_node(), runner="trial", seconds=time.perf_counter() - start))
+                    self._progress(shards)
 
     def _record(self, s: int, outcome: str, rec: dict) -> None:
         attempt = 1 + sum(1 for r in self.log if r["round"] == self.rounds and r["shard"] == s and r["outcome"] != "from store")
