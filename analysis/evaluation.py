@@ -8,13 +8,13 @@ that breaks many is news. ``evaluation_warnings``: one line per sign, naming the
 
 * a black-box attack (Square) breaks points every gradient attack left robust: the gradients
   mislead (masking, obfuscation);
-* a scale-invariant loss (DLR: APGD-DLR, APGD-T) breaks far more than cross-entropy: the
+* a scale-invariant attack (DLR: APGD-DLR, APGD-T; FMN) breaks far more than cross-entropy: the
   softmax saturates and hides cross-entropy's gradient;
 * cross-entropy's gradient is exactly 0 at many points (``vanishing_grad``): gradient attacks on
   cross-entropy cannot start there, whatever the ensemble;
-* any of the three above where no attack of the model's evaluation is FAB-T (the default
-  leaves it out): on masked models that costs about a point of robust accuracy, so the line
-  recommends `attacks: autoattack` for a published figure;
+* any of the three above where no attack of the model's evaluation is minimal-norm (FMN, which
+  the default runs, or FAB-T): on masked models that costs about a point of robust accuracy, so
+  the line recommends adding one, or `attacks: autoattack` for a published figure;
 * robust accuracy stays above ~0 at an unbounded radius (Linf eps >= 1 allows any image);
 * more iterations of an attack give a higher robust accuracy;
 * robust accuracy rises with eps;
@@ -29,10 +29,10 @@ import polars as pl
 
 from analysis.load import eager
 
-GRADIENT = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "cw")
+GRADIENT = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fmn", "fmn-t", "cw")
 BLACK_BOX = ("square",)
 CROSS_ENTROPY = ("pgd", "bim", "apgd-ce")
-SCALE_INVARIANT = ("apgd-dlr", "apgd-t")
+SCALE_INVARIANT = ("apgd-dlr", "apgd-t", "fmn", "fmn-t")  # DLR losses; FMN: normalised steps on the margin, its distance estimate a ratio
 FAR_MORE = 0.05  # a share of the evaluation points: "far more" than cross-entropy broke
 NEAR_ZERO = 0.01  # robust accuracy at an unbounded radius
 NOISE = 0.01  # robust-accuracy differences smaller than this are not a sign
@@ -74,7 +74,7 @@ def evaluation_warnings(frame) -> list[str]:
     for label, part in sorted(df.group_by("label"), key=lambda kv: str(kv[0][0])):
         label = label[0]
         masked = _vanishing(label, part) + _black_box(label, part) + _scale_invariant(label, part)
-        out += masked + _without_fab(label, part, masked) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
+        out += masked + _without_minimal(label, part, masked) + _unbounded(label, part) + _more_iterations(label, part) + _rising(label, part)
         out += _above_bound(label, part, bounds)
     return out
 
@@ -126,22 +126,23 @@ def _scale_invariant(label, part) -> list[str]:
         ce = cascade.filter(pl.col("attack").is_in(CROSS_ENTROPY)).get_column("broken").sum()
         dlr = cascade.filter(pl.col("attack").is_in(SCALE_INVARIANT)).get_column("broken").sum()
         if not cascade.is_empty() and dlr > FAR_MORE * n and dlr > ce:
-            out.append(f"{label}: at {norm} {eps:g} the DLR attacks broke {dlr} points cross-entropy left robust (cross-entropy broke {ce}): the softmax may saturate and mask its gradient")
+            out.append(f"{label}: at {norm} {eps:g} the scale-invariant attacks (DLR, FMN) broke {dlr} points cross-entropy left robust (cross-entropy broke {ce}): the softmax may saturate and mask its gradient")
         alone = at.filter(~pl.col("cascade"))
         ce_acc = alone.filter(pl.col("attack").is_in(CROSS_ENTROPY)).get_column("robust_acc").min()
         dlr_acc = alone.filter(pl.col("attack").is_in(SCALE_INVARIANT)).get_column("robust_acc").min()
         if ce_acc is not None and dlr_acc is not None and dlr_acc < ce_acc - FAR_MORE:
-            out.append(f"{label}: at {norm} {eps:g} a DLR attack gives {dlr_acc:.3f} robust accuracy and cross-entropy {ce_acc:.3f}: the softmax may saturate and mask its gradient")
+            out.append(f"{label}: at {norm} {eps:g} a scale-invariant attack (DLR, FMN) gives {dlr_acc:.3f} robust accuracy and cross-entropy {ce_acc:.3f}: the softmax may saturate and mask its gradient")
     return out
 
 
-def _without_fab(label, part, masked: list[str]) -> list[str]:
-    """Masked gradients, and no evaluation of this model ran FAB-T: on such models the default
-    (autoattack-fast) left 1.0-1.4 points that AutoAttack's FAB-T breaks (docs/benchmarks.md)."""
+def _without_minimal(label, part, masked: list[str]) -> list[str]:
+    """Masked gradients, and no evaluation of this model ran a minimal-norm attack: on such
+    models APGD-CE, screened APGD-T and Square left 1.0-1.4 points that AutoAttack's FAB-T
+    breaks, and FMN most of them (docs/benchmarks.md)."""
     ensembles = part.get_column("ensemble").drop_nulls().unique().str.split("+").explode().to_list()
-    if not masked or "fab-t" in ensembles:
+    if not masked or {"fab-t", "fmn", "fmn-t"} & set(ensembles):
         return []
-    return [f"{label}: its gradients look masked and its evaluation ran no minimal-norm attack (fab-t); on such models the default leaves about 1 point in 100 standing that AutoAttack breaks: for a figure to publish, evaluate it with `attacks: autoattack`"]
+    return [f"{label}: its gradients look masked and its evaluation ran no minimal-norm attack (fmn or fab-t); on such models the APGD attacks and Square leave about 1 point in 100 standing that AutoAttack breaks: add fmn, or for a figure to publish evaluate it with `attacks: autoattack`"]
 
 
 def _unbounded(label, part) -> list[str]:

@@ -1,9 +1,9 @@
-"""Throughput of each attack of the `autoattack` preset, and what mixed precision changes.
+"""Throughput of each attack of the `autoattack` preset (and FMN, of the default's), and what mixed precision changes.
 
     .venv/bin/python benchmarks/throughput.py [--device cpu] [--points 500] [--precisions float32,bf16] [--threads 2]
 
 On the PGD-trained CNN of benchmarks/autoattack.py (from results/store, else trained there),
-the first ``--points`` mnist-5k test images, each attack of `autoattack` run alone (no cascade)
+the first ``--points`` mnist-5k test images, each attack of `autoattack` and the default's FMN run alone (no cascade)
 through the robustness evaluator's ``attack_grid`` at Linf 0.3, at each ``--precisions`` (the
 robustness entry's ``precision``: the model under autocast, study.precision).
 
@@ -40,6 +40,8 @@ from study.spec.evaluation import AttackSpec  # noqa: E402
 from study.train import predict  # noqa: E402
 
 EPS = 0.3
+# autoattack's attacks, then those only the default (autoattack-fast) runs: fmn
+ATTACKS = PRESETS["autoattack"] + [a for a in PRESETS["autoattack-fast"] if a["name"] not in {b["name"] for b in PRESETS["autoattack"]}]
 
 
 class Counted(torch.nn.Module):
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     print(f"pgd-cnn, {len(y)} correctly classified of the first {args.points} points, Linf {EPS}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| attack | precision | seconds | fwd / point | bwd / point | img x it/s | robust acc | vs float32 (points) | speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for raw in PRESETS["autoattack"]:
+    for raw in ATTACKS:
         spec = AttackSpec.model_validate(raw)
         base = None
         for prec in args.precisions.split(","):

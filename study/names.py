@@ -4,7 +4,7 @@ the norms of the distances evaluator, and the short name of an adversarial-train
 
 from __future__ import annotations
 
-ATTACKS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "cw")  # study.attacks.FAMILIES, in order
+ATTACKS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fmn", "fmn-t", "square", "cw")  # study.attacks.FAMILIES, in order
 LATENT_KINDS = ("iterative", "hybrid")  # study.attacks.latent
 DISTANCE_NORMS = ("l0", "l1", "l2", "linf")  # the distances evaluator's
 

@@ -82,7 +82,7 @@ COLUMNS = [
     ("steps", pa.int64(), "evaluation", "attack iterations (1 for FGSM)"),
     ("step_size", pa.float64(), "evaluation", "step size relative to eps"),
     ("restarts", pa.int64(), "evaluation", "random restarts (PGD, APGD, FAB, Square)"),
-    ("targets", pa.int64(), "evaluation", "apgd-t, fab-t: how many of the most likely other classes are targeted, one run each"),
+    ("targets", pa.int64(), "evaluation", "apgd-t, fab-t, fmn-t: how many of the most likely other classes are targeted, one run each"),
     ("queries_budget", pa.int64(), "evaluation", "square: queries per point and eps (the full budget; see attack_options for a probe)"),
     ("kappa", pa.float64(), "evaluation", "cw: confidence kappa, the logit margin by which a wrong class must win (`steps` are its Adam steps per c, `step_size` its learning rate)"),
     ("search_steps", pa.int64(), "evaluation", "cw: rounds of the binary search over c"),

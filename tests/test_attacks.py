@@ -79,6 +79,7 @@ def build_attack(name: str, steps: int, restarts: int = 1):
         "bim": dict(steps=steps),
         "cw": dict(steps=steps, search_steps=2),
         "fab-t": dict(steps=steps, targets=2, restarts=restarts),
+        "fmn-t": dict(steps=steps, targets=2, restarts=restarts),
         "square": dict(queries=5 * steps, restarts=restarts),
         "apgd-t": dict(steps=steps, targets=2, restarts=restarts),
     }.get(name, dict(steps=steps, restarts=restarts))
@@ -97,7 +98,7 @@ def attack_cases(draw, early_stop=None):
     norm_name = draw(norm_names)
     early = draw(st.booleans()) if early_stop is None else early_stop
     name = draw(attack_names if early else plain_names)
-    restarts = draw(st.integers(1, 3)) if (name in ("pgd", "apgd-ce", "fab-t", "square") and early) else 1
+    restarts = draw(st.integers(1, 3)) if (name in ("pgd", "apgd-ce", "fab-t", "fmn", "fmn-t", "square") and early) else 1
     steps = draw(st.integers(1, 6))
     kind = draw(model_kinds)
     eps = torch.tensor(draw(eps_rows(norm_name, n)), dtype=torch.float32)
@@ -292,7 +293,7 @@ def ladder_cases(draw, kinds=model_kinds, min_levels=1):
     p = draw(st.integers(1, 8))
     norm_name = draw(norm_names)
     name = draw(attack_names)
-    restarts = draw(st.integers(1, 3)) if name in ("pgd", "apgd-ce", "fab-t", "square") else 1
+    restarts = draw(st.integers(1, 3)) if name in ("pgd", "apgd-ce", "fab-t", "fmn", "fmn-t", "square") else 1
     steps = draw(st.integers(1, 6))
     kind = draw(kinds)
     grid = sorted(draw(st.lists(st.sampled_from(WIDE_GRID[norm_name]), min_size=min_levels, max_size=5, unique=True)))

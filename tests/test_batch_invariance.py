@@ -67,6 +67,8 @@ def test_the_model_is_confident_enough_for_the_bug_to_show(confident):
         ("apgd-ce", dict(steps=20), L2, 0.5),
         ("apgd-t", dict(steps=10, targets=2), L2, 0.5),
         ("fab-t", dict(steps=10, targets=2), L2, 0.5),
+        ("fmn", dict(steps=20), L2, 0.5),
+        ("fmn-t", dict(steps=20, targets=2), Linf, 0.05),
         ("square", dict(queries=60), Linf, 0.1),
         ("square", dict(queries=60), L2, 1.0),
     ],

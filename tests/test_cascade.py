@@ -212,20 +212,24 @@ def test_the_default_evaluation_sees_through_masked_gradients(mlp):
     assert truth < 0.5
     assert by(fooled_by_ce, "worst", "linf", 0.1) > truth + 0.3, "the scaled model should mask cross-entropy's gradients"
     assert by(default, "worst", "linf", 0.1) <= truth + 0.02
-    assert by(default, "apgd-t", "linf", 0.1, "broken") > by(default, "apgd-ce", "linf", 0.1, "broken")
+    on_margin = sum(by(default, a, "linf", 0.1, "broken") for a in ("fmn", "fmn-t", "apgd-t"))
+    assert on_margin > by(default, "apgd-ce", "linf", 0.1, "broken")
     # The summary says so: cross-entropy's gradient vanishes (whatever the attacks), and in the
     # default cascade the DLR attack broke far more than cross-entropy. The unscaled model: nothing.
     signs = {name: evaluation_warnings(frame(rows)) for name, rows in (("ce", fooled_by_ce), ("default", default), ("plain", plain))}
     assert any("exactly 0" in w and "add apgd-t or square" in w for w in signs["ce"]), signs["ce"]
-    assert any("DLR attacks broke" in w for w in signs["default"]), signs["default"]
+    assert any("scale-invariant attacks (DLR, FMN) broke" in w for w in signs["default"]), signs["default"]
     assert signs["plain"] == [], signs["plain"]
-    # Masked, and evaluated without FAB-T (the default leaves it out): the summary recommends the
-    # full AutoAttack for a published figure; an evaluation that ran FAB-T is not told so.
+    # Masked, and evaluated without a minimal-norm attack: the summary recommends one, or the full
+    # AutoAttack for a published figure; the default (it runs FMN) or a list with FAB-T is not told so.
     recommends = lambda lines: [w for w in lines if "`attacks: autoattack`" in w]  # noqa: E731
-    assert len(recommends(signs["default"])) == 1 and len(recommends(signs["ce"])) == 1
-    with_fab = [{**r, "ensemble": r["ensemble"].replace("apgd-t+", "apgd-t+fab-t+")} for r in default]
+    assert "+fmn+fmn-t+" in default[0]["ensemble"]
+    assert recommends(signs["default"]) == [] and len(recommends(signs["ce"])) == 1
+    without = [{**r, "ensemble": r["ensemble"].replace("+fmn+fmn-t+", "+")} for r in default]
+    assert len(recommends(evaluation_warnings(frame(without)))) == 1
+    with_fab = [{**r, "ensemble": r["ensemble"].replace("+fmn+fmn-t+", "+fab-t+")} for r in default]
     assert recommends(evaluation_warnings(frame(with_fab))) == []
-    assert any("DLR attacks broke" in w for w in evaluation_warnings(frame(with_fab)))
+    assert any("scale-invariant attacks (DLR, FMN) broke" in w for w in evaluation_warnings(frame(with_fab)))
 
 
 def frame(rows) -> pl.DataFrame:

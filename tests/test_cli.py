@@ -24,7 +24,7 @@ def advsweep(*args, cwd=REPO) -> subprocess.CompletedProcess:
 def test_run_dry_run_plans_the_quickstart(tmp_path):
     proc = advsweep("run", REPO / "search_spaces" / "quickstart.yaml", "--results", tmp_path / "results", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "quickstart: 8 trials" in proc.stdout and "416 rows" in proc.stdout, proc.stdout
+    assert "quickstart: 8 trials" in proc.stdout and "624 rows" in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == [], "a dry run wrote something"
 
 

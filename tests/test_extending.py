@@ -36,7 +36,7 @@ def test_the_worked_example_runs_as_written(ray_session, tmp_path, monkeypatch, 
     assert df.height == 16 + 2 * 3 + 1 and set(df["model"]) == {"mylab.nets:SmallResNet"}
     assert set(df["model_args"]) == {'{"num_classes": 4, "width": 8}'}
     assert set(df["checkpoint_sha256"]) == {checkpoints.digest((tmp_path / "runs" / "smallresnet.pt").read_bytes())}
-    default = pl.col("ensemble") == "apgd-ce+apgd-t+square"
+    default = pl.col("ensemble") == "apgd-ce+fmn+fmn-t+apgd-t+square"
     worst = df.filter(default & (pl.col("attack") == "worst") & (pl.col("norm") == "linf")).sort("eps")
     # The noise attack's rows: within eps, and no stronger than the default evaluation at that eps.
     noise = df.filter(pl.col("attack") == "mylab.attacks:noise").sort("eps")

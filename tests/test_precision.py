@@ -23,9 +23,9 @@ def cnn():
     return model, x[:100], y[:100]
 
 
-def run(cnn, prec, cache=None):
+def run(cnn, prec, cache=None, **options):
     model, x, y = cnn
-    axes = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": [{"name": "apgd-ce", "steps": 10}], "norms": NORMS, "precision": prec})
+    axes = RobustnessEval.model_validate({"evaluator": "robustness", "attacks": [{"name": "apgd-ce", "steps": 10}], "norms": NORMS, "precision": prec, **options})
     ctx = EvalContext(model=model, x=x, y=y, seed=0, x_train=None, y_train=None, trial_id="t", results_uri="unused", cache=cache)
     return {(r["attack"], r["norm"], r["eps"]): r for r in robustness.evaluate(ctx, axes)}
 
@@ -62,3 +62,26 @@ def test_one_spec_may_evaluate_both_precisions():
     parse_spec(spec)
     with pytest.raises(ValueError, match="would repeat"):
         parse_spec({**spec, "evaluate": [entry, {**entry, "precision": "float32"}]})
+
+
+def test_channels_last_runs_the_convolutions_in_nhwc_and_changes_no_row(cnn, tmp_path):
+    """How it runs, not what it computes: the first convolution gets NHWC inputs and weights, the
+    rows equal the plain run's (counts exactly, sizes to float rounding) and its settings leave
+    the evaluation-store key as it is."""
+    model, x, _ = cnn
+    seen = []
+    handle = model[0].register_forward_hook(lambda m, i, o: seen.append((i[0].is_contiguous(memory_format=torch.channels_last), m.weight.is_contiguous(memory_format=torch.channels_last))))
+    try:
+        precision.queried(model, "float32", channels_last=True)(x[:4])
+    finally:
+        handle.remove()
+        model.to(memory_format=torch.contiguous_format)
+    assert seen == [(True, True)]
+    plain, nhwc = run(cnn, "float32"), run(cnn, "float32", channels_last=True)
+    model.to(memory_format=torch.contiguous_format)
+    assert plain.keys() == nhwc.keys()
+    for key, row in plain.items():
+        assert nhwc[key]["broken"] == row["broken"] and nhwc[key]["robust_acc"] == row["robust_acc"], key
+        assert "channels_last" not in nhwc[key]
+    entry = lambda **o: RobustnessEval.model_validate({"evaluator": "robustness", "norms": NORMS, **o})  # noqa: E731
+    assert evalstore.settings(entry(channels_last=True)) == evalstore.settings(entry())

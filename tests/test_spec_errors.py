@@ -348,18 +348,18 @@ def test_valid_spec_dry_run(tmp_path, capsys):
     assert rc == 0, err
     assert err == ""
     assert "8 trials" in out, out
-    assert "416 rows" in out, out
-    assert "416 rows" in out and "results ->" in out, out
+    assert "624 rows" in out, out
+    assert "624 rows" in out and "results ->" in out, out
     assert str(results) in out
     # A dry run writes nothing: no results folder, no model store beside it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.yaml"]
 
 
 def test_repo_quickstart_dry_run(tmp_path, capsys):
-    """The shipped quickstart.yaml itself is valid and plans 8 trials / 416 rows: the default
-    evaluation's three attacks and `worst` at 13 (norm, eps) points."""
+    """The shipped quickstart.yaml itself is valid and plans 8 trials / 624 rows: the default
+    evaluation's five attacks and `worst` at 13 (norm, eps) points."""
     rc = sweep.main([str(REPO / "search_spaces" / "quickstart.yaml"), "--results", str(tmp_path / "results"), "--dry-run"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "quickstart: 8 trials" in out and "416 rows" in out, out
+    assert "quickstart: 8 trials" in out and "624 rows" in out, out
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ an ``AttackResult`` (eps per point, or an ascending ladder per point; ``levels``
 point's ladder early, for a cascade), a plain call for training and input sets, ``options()``
 (the settings its rows record) and a ``kind``: *bounded* attacks search inside the eps ball
 (FGSM, BIM, PGD, APGD, Square), *minimal* ones for the closest adversarial, which one run judges
-at every eps (FAB, C&W).
+at every eps (FAB, FMN, C&W).
 
 A factory's keyword arguments are the attack's options, typed and with the published defaults;
 ``make`` validates them (``OptionError`` names the option), so a spec checks an attack's options
@@ -23,12 +23,13 @@ from study.attacks import imported
 from study.attacks.apgd import APGD_ATTACKS
 from study.attacks.cw import CW_ATTACKS
 from study.attacks.fab import FAB_ATTACKS
+from study.attacks.fmn import FMN_ATTACKS
 from study.attacks.gradient import GRADIENT_ATTACKS, AttackResult, GradientAttack
 from study.attacks.square import SQUARE_ATTACKS
 
-FAMILIES = {**GRADIENT_ATTACKS, **APGD_ATTACKS, **FAB_ATTACKS, **SQUARE_ATTACKS, **CW_ATTACKS}
+FAMILIES = {**GRADIENT_ATTACKS, **APGD_ATTACKS, **FAB_ATTACKS, **FMN_ATTACKS, **SQUARE_ATTACKS, **CW_ATTACKS}
 ATTACKS = tuple(FAMILIES)
-MINIMAL = ("fab-t", "cw")  # minimal-norm: one search, judged at every eps
+MINIMAL = ("fab-t", "fmn", "fmn-t", "cw")  # minimal-norm: one search, judged at every eps
 NORM_FREE = ("cw",)  # searches one norm (L2) and is judged in every norm
 NO_FINAL_ITERATE = ("apgd-t",)  # one run per target: no single iterate to hand a plain call
 

@@ -158,7 +158,7 @@ class APGD:
         top_loss = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)  # survivors, top level
         steps_up = torch.arange(n_levels, device=x.device)
         with frozen(model):
-            n_targets = 1 if self.targets is None or not n else min(self.targets, _n_classes(model, x) - 1)
+            n_targets = 1 if self.targets is None or not n else min(self.targets, n_classes(model, x) - 1)
             target = ranked_targets(model, x, y, n_targets, max_rows) if self.targets is not None else y[:, None]
 
             def attempt(level, targets, counter, steps):
@@ -282,7 +282,7 @@ class _State:
             self.__dict__[k] = v[mask]
 
 
-def _n_classes(model, x) -> int:
+def n_classes(model, x) -> int:
     with torch.no_grad():
         return model(x[:1]).shape[1]
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from study.attacks.apgd import ranked_targets
+from study.attacks.gradient import AttackResult, per_point
+from study.attacks.minimal import closest
 from study.box_projection import step_to_hyperplane
-from study.attacks.gradient import AttackResult, frozen, per_point, prepare
 from study.types import PosInt
 
 
@@ -55,41 +55,7 @@ class FAB:
 
     def run(self, model, x, y, eps, norm, *, rng=None, early_stop=True, max_rows=None, levels=None) -> AttackResult:
         """Every point's closest adversarial over all targets, judged at each eps of its ladder."""
-        eps, ladder, rng, levels = prepare(x, eps, rng, levels, True, 1)
-        n = len(x)
-        x = x.detach()
-        best = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
-        x_adv = x.clone()
-        active = levels > 0
-        lowest = eps[:, 0]
-        chunk = max_rows or max(n, 1)
-        with frozen(model):
-            n_targets = min(self.targets, self._n_classes(model, x) - 1) if n else 0
-            target = ranked_targets(model, x, y, n_targets, max_rows)
-            for t in range(n_targets):
-                for restart in range(self.restarts):
-                    todo = (active & ~(best <= lowest)).nonzero().squeeze(1)
-                    for pts in todo.split(chunk):
-                        start = x[pts]
-                        if restart > 0:
-                            radius = eps[pts].gather(1, (levels[pts] - 1)[:, None])[:, 0] / 2
-                            start = (start + norm.random_start(rng[pts].fold(t * self.restarts + restart), x.shape[1:], radius)).clamp(0, 1)
-                        adv, dist = self._search(model, x[pts], y[pts], target[pts, t], start, norm, lowest[pts] if early_stop else None)
-                        better = dist < best[pts]
-                        best[pts[better]] = dist[better]
-                        x_adv[pts[better]] = adv[better]
-        found = best < math.inf
-        dist = norm.measure(x_adv - x)  # the threat norm's size (the same one FAB minimised)
-        # x_adv stays in the largest ball (an adversarial beyond it is projected onto it, as C&W's).
-        x_adv = (x + norm.project(x_adv - x, eps[:, -1])).clamp(0, 1)
-        # Without early_stop, as every attack: no row is reported fooled (the caller judges x_adv).
-        fooled = found[:, None] & (dist[:, None] <= eps) & (torch.arange(eps.shape[1], device=x.device) < levels[:, None]) & early_stop
-        return AttackResult(x_adv, fooled if ladder else fooled[:, 0])
-
-    @staticmethod
-    def _n_classes(model, x) -> int:
-        with torch.no_grad():
-            return model(x[:1]).shape[1]
+        return closest(self, model, x, y, eps, norm, rng=rng, early_stop=early_stop, max_rows=max_rows, levels=levels)
 
     def _search(self, model, x0, y, target, start, norm, enough):
         """One targeted FAB run on a batch: the closest adversarial found per row and its distance

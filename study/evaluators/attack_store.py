@@ -14,7 +14,7 @@ goes through the full ladder, and the queries the probe spent stay counted at it
 ``Square.run``. A probe that found nothing is kept as an incomplete fact (it says only that the
 first proposals failed).
 
-Other attacks (FAB-T, which stops at each point's smallest eps; C&W, one search for every eps;
+Other attacks (FAB-T and FMN, which stop at each point's smallest eps; C&W, one search for every eps;
 a researcher's) are stored as whole calls, reused when their inputs are the same.
 """
 

@@ -67,7 +67,8 @@ class Options(Entry):
     per_class_eps: Optional[PerClassEps] = None  # also attack at a per-class eps and at its uniform mean
     precision: Literal["float32", "bf16", "fp16"] = "float32"  # the model's arithmetic in the attacks' queries (study.precision); inputs, steps and losses stay float32
     shards: Optional[sharding.Shards] = None  # split the attacked points over Ray tasks (study.evaluators.shards); the same rows
-    execution: ClassVar[tuple] = ("shards",)  # how it runs, not what it computes: not part of its evaluation-store key
+    channels_last: bool = False  # image batches and conv weights in NHWC memory (study.precision): faster convolutions on a GPU, the same function
+    execution: ClassVar[tuple] = ("shards", "channels_last")  # how it runs, not what it computes: not part of its evaluation-store key
 
     @model_validator(mode="before")
     @classmethod
@@ -230,8 +231,9 @@ def cascade(model, x, y, points, axes, seed: int, stochastic=False, cache=None, 
 
 
 def attacked_model(model, axes):
-    """What the attacks query: a stochastic model through its MC predictive, at the entry's precision."""
-    return mc.attackable(precision.queried(model, axes.precision), axes.eot_samples)
+    """What the attacks query: a stochastic model through its MC predictive, at the entry's
+    precision and memory layout."""
+    return mc.attackable(precision.queried(model, axes.precision, axes.channels_last), axes.eot_samples)
 
 
 def vanishing_gradients(model, x, y, batch: int) -> float | None:
