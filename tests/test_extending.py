@@ -33,7 +33,7 @@ def test_the_worked_example_runs_as_written(ray_session, tmp_path, monkeypatch, 
     assert "Evaluator mylab.metrics:margin" in page and "margin_below_1" in page
 
     df = pl.read_parquet(tmp_path / "results" / "my-resnet" / "results.parquet")
-    assert df.height == 16 + 2 * 3 + 1 and set(df["model"]) == {"mylab.nets:SmallResNet"}
+    assert df.height == 24 + 2 * 3 + 1 and set(df["model"]) == {"mylab.nets:SmallResNet"}
     assert set(df["model_args"]) == {'{"num_classes": 4, "width": 8}'}
     assert set(df["checkpoint_sha256"]) == {checkpoints.digest((tmp_path / "runs" / "smallresnet.pt").read_bytes())}
     default = pl.col("ensemble") == "apgd-ce+fmn+fmn-t+apgd-t+square"

@@ -348,8 +348,8 @@ def test_valid_spec_dry_run(tmp_path, capsys):
     assert rc == 0, err
     assert err == ""
     assert "8 trials" in out, out
-    assert "624 rows" in out, out
-    assert "624 rows" in out and "results ->" in out, out
+    assert "416 rows" in out, out
+    assert "416 rows" in out and "results ->" in out, out
     assert str(results) in out
     # A dry run writes nothing: no results folder, no model store beside it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.yaml"]
