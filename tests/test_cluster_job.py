@@ -54,7 +54,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's bin: python and the `ray` CLI
 STUDY = "tests/specs/cluster.yaml"
-STUDY_ROWS, STUDY_TRIALS = 80, 4  # 4 trials x 20 rows (`python -m jobs.sweep ... --dry-run` says so)
+STUDY_ROWS, STUDY_TRIALS = 120, 4  # 4 trials x 30 rows (`python -m jobs.sweep ... --dry-run` says so)
 SHARDED = "tests/specs/cluster-shards.yaml"  # one model, its evaluation in 4 shards
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 1500
@@ -353,11 +353,11 @@ def test_one_model_evaluated_in_shards_on_both_nodes(local_cluster, tmp_path):
     logs = c.logs("advsweep-shards")
     # (The trial's own lines, "shard 2/4 lost ...", reach the job's log only when Ray's log
     # monitor forwards them before the job ends: the shard records below are what to check.)
-    assert "rows: 20 (1 trials)" in logs, logs[-3000:]
+    assert "rows: 30 (1 trials)" in logs, logs[-3000:]
 
     want = pl.read_parquet(tmp_path / "whole" / "results.parquet").sort("row_key")
     got = pl.read_parquet(tmp_path / "shards" / "results.parquet").sort("row_key")
-    assert got["row_key"].to_list() == want["row_key"].to_list() and got.height == 20
+    assert got["row_key"].to_list() == want["row_key"].to_list() and got.height == 30
     for column in ("robust_acc", "broken", "success_rate", "clean_acc", "vanishing_grad", "queries_mean"):
         assert got[column].to_list() == want[column].to_list(), column
     for column in ("l2_mean", "linf_median", "adv_confidence_mean"):  # float rounding: other batches
