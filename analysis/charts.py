@@ -27,9 +27,16 @@ def _tooltip(df: pl.DataFrame, *extra: str) -> list[alt.Tooltip]:
 
 
 def _attack_order(df: pl.DataFrame) -> list[str]:
-    """Attacks in the order the study ran them, with `worst` (their combination) last."""
+    """The frame's attacks in the order the study ran them: an ensemble's in its running order
+    (its `ensemble` column; results tables are sorted by name), then any others as they come,
+    with `worst` (their combination) last."""
     attacks = df.get_column("attack").unique(maintain_order=True).to_list()
-    return [a for a in attacks if a != "worst"] + [a for a in attacks if a == "worst"]
+    ran = []
+    if "ensemble" in df.columns:
+        for ensemble in df.get_column("ensemble").drop_nulls().unique(maintain_order=True).to_list():
+            ran += [a for a in ensemble.split("+") if a in attacks and a not in ran]
+    rest = [a for a in attacks if a not in ran and a != "worst"]
+    return ran + rest + [a for a in attacks if a == "worst"]
 
 
 def _point(df: pl.DataFrame, attack: str, norm: str, eps: float | None) -> pl.DataFrame:
