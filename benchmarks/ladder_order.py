@@ -1,15 +1,16 @@
-"""The eps ladder climbed bottom-up (what the evaluator does) against top-down: the cost, and the points lost.
+"""The eps ladder climbed bottom-up (every attack's default) against top-down (APGD's ``ladder: top-down``): the cost, and the points lost.
 
     .venv/bin/python benchmarks/ladder_order.py [--points 500] [--models pgd-cnn,ratio-triplet] [--threads 2]
 
-Along an eps ladder the evaluator attacks every point at the smallest eps first and only the
-points still robust at the next: a break at eps e is a break at every larger eps, so nothing
-found is ever assumed. A robust point therefore pays for every level. Top-down would attack at
-the largest eps first and go lower only where that broke the point: a robust point pays once,
-but a point the attack fails at a large eps is taken as robust at every smaller one, which an
-attack (not the truth) can violate.
+Bottom-up, an attack's ladder takes every point at the smallest eps first and only the points
+still robust on to the next: a break at eps e is a break at every larger eps, so nothing found is
+ever assumed, and a robust point pays for every level. Top-down takes each point at the largest
+eps first and lower only where that broke it: a robust point pays once, but a point the attack
+fails at a large eps is taken as robust at every smaller one, which an attack (not the truth)
+can violate.
 
-For APGD-CE (the cascade's first attack) and the default's screened APGD-T, alone, on the
+For APGD-CE (the cascade's first attack) and the default's screened APGD-T, each run alone as
+the evaluator runs it (one ladder call, 256 points in flight) in both orders, on the
 benchmark models of benchmarks/autoattack.py at Linf 0.1, 0.2, 0.3 and L2 1.5, 3, on the first
 ``--points`` mnist-5k test images: the points each order breaks at each eps (``lost``: broken
 bottom-up, not top-down), the model's passes (rows, forward and backward) and seconds of each
@@ -42,18 +43,7 @@ from study.train import predict  # noqa: E402
 ATTACKS = [a for a in PRESETS["autoattack-fast"] if a["name"] in ("apgd-ce", "apgd-t")]
 
 
-def climb(attack, model, x, y, norm, ladder, rng, top_down: bool) -> dict[float, int]:
-    """Points broken at each eps of ``ladder``, one fixed-eps run per level on the points that
-    order sends there: bottom-up, those still robust; top-down, those broken one level up."""
-    todo, found, broken = torch.arange(len(x)), set(), {}
-    for eps in reversed(ladder) if top_down else ladder:
-        fooled = attack.run(model, x[todo], y[todo], torch.full((len(todo),), eps), norm, rng=rng[todo]).fooled if len(todo) else torch.zeros(0, dtype=torch.bool)
-        if top_down:
-            broken[eps], todo = int(fooled.sum()), todo[fooled]
-        else:
-            found |= set(todo[fooled].tolist())
-            broken[eps], todo = len(found), todo[~fooled]
-    return broken
+ORDERS = ("bottom-up", "top-down")
 
 
 def main():
@@ -74,16 +64,16 @@ def main():
         x, y = x[correct], y[correct]
         rng = PointRNG.for_points(0, args.points)[correct.nonzero().squeeze(1)]
         for spec in ATTACKS:
-            attack = attacks.make(**spec)
             for norm, ladder in POINTS.items():
                 ladder = sorted(ladder)
+                eps = torch.tensor(ladder).expand(len(y), len(ladder))
                 cells = {}
-                for top_down in (False, True):
+                for order in ORDERS:
                     counted = Counted(model)
                     start = time.perf_counter()
-                    broken = climb(attack, counted, x, y, norms.NORMS[norm], ladder, rng, top_down)
-                    cells[top_down] = broken, counted.fwd + counted.bwd, time.perf_counter() - start
-                (up, up_rows, up_s), (down, down_rows, down_s) = cells[False], cells[True]
+                    fooled = attacks.make(**{**spec, "ladder": order}).run(counted, x, y, eps, norms.NORMS[norm], rng=rng, max_rows=256).fooled
+                    cells[order] = dict(zip(ladder, fooled.sum(0).tolist())), counted.fwd + counted.bwd, time.perf_counter() - start
+                (up, up_rows, up_s), (down, down_rows, down_s) = (cells[o] for o in ORDERS)
                 show = lambda b: " / ".join(f"{b[e]}" for e in ladder)  # noqa: E731
                 lost = " / ".join(f"{up[e] - down[e]}" for e in ladder)
                 print(f"| {name} | {spec['name']} | {norm} {'/'.join(f'{e:g}' for e in ladder)} | {show(up)} | {show(down)} | {lost} | {up_rows:,} | {down_rows:,} | {down_rows / up_rows:.2f} | {up_s:.1f} | {down_s:.1f} |", flush=True)

@@ -216,7 +216,8 @@ def ladder_cases(draw):
     n = draw(st.integers(1, 8))
     norm_name = draw(st.sampled_from(sorted(NORMS)))
     grid = sorted(draw(st.lists(st.sampled_from(WIDE_GRID[norm_name]), min_size=1, max_size=5, unique=True)))
-    attack = draw(st.sampled_from([apgd_ce, apgd_dlr]))(steps=draw(st.integers(1, 25)), restarts=draw(st.integers(1, 2)))
+    ladder = draw(st.sampled_from(["bottom-up", "top-down"]))
+    attack = draw(st.sampled_from([apgd_ce, apgd_dlr]))(steps=draw(st.integers(1, 25)), restarts=draw(st.integers(1, 2)), ladder=ladder)
     model = make_model(draw(st.sampled_from(["linear", "conv"])), seed)
     x, _ = make_data(n, seed + 1)
     with torch.no_grad():
@@ -268,6 +269,74 @@ def test_ladder_is_never_weaker_than_separate_runs_and_chunking_does_not_matter(
         alone = attack.run(model, x, y, e, norm, rng=PointRNG.for_points(5, len(x))).fooled
         assert (ladder.fooled[:, j] | ~alone).all(), f"a separate run at eps={e} fools a point the ladder misses"
     assert ladder.fooled[:, -1].any() and not ladder.fooled[:, 0].all(), "the grid should straddle the points' margins"
+
+
+class Counted(nn.Module):
+    """The model, counting the rows it is run on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.model(x)
+
+
+def descent(attack, model, x, y, grid, norm, seed, levels):
+    """Top-down by hand, from separate fixed-eps runs: each point starts at its top level (of
+    ``levels``); a break at distance d counts at every level with eps >= d and sends the point on
+    to the highest level below that it does not cover; a failure ends its ladder."""
+    alone = [attack.run(model, x, y, e, norm, rng=PointRNG.for_points(seed, len(x))) for e in grid]
+    fooled = torch.zeros(len(y), len(grid), dtype=torch.bool)
+    for p in range(len(y)):
+        level = int(levels[p]) - 1
+        while level >= 0 and alone[level].fooled[p]:
+            dist = norm.measure(alone[level].x_adv[p : p + 1] - x[p : p + 1])[0]
+            fooled[p] |= (torch.arange(len(grid)) >= level) | (torch.tensor(grid, dtype=x.dtype) >= dist)
+            below = (~fooled[p, :level]).nonzero()
+            level = int(below.max()) if len(below) else -1
+    return fooled
+
+
+@pytest.mark.parametrize("norm_name", ["linf", "l2"])
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+def test_a_top_down_ladder_is_the_descent_of_separate_runs(norm_name, name):
+    """``ladder: top-down`` attacks a point at its largest eps first and at a smaller one only
+    where that broke it: exactly the descent built from separate runs at each eps, whatever the
+    chunking and the cascade's levels; it runs the model on fewer rows than bottom-up when most
+    points survive the top."""
+    norm = NORMS[norm_name]
+    model = make_model("conv", 11)
+    x, _ = make_data(40, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    grid = [0.01, 0.02, 0.03, 0.06] if norm_name == "linf" else [0.05, 0.1, 0.15, 0.3]
+    options = dict(steps=15, targets=3, screen=4, keep=1) if name == "apgd-t" else dict(steps=15, restarts=2)
+    down = attacks.make(name, ladder="top-down", **options)
+    eps = torch.tensor(grid, dtype=torch.float64).expand(len(y), len(grid))
+    levels = torch.tensor([len(grid), 2, 1, 0] * 10)
+    for lv in (None, levels):
+        want = descent(down, model, x, y, grid, norm, 5, torch.full((len(y),), len(grid)) if lv is None else lv)
+        for rows in (None, 7):
+            got = down.run(model, x, y, eps, norm, rng=PointRNG.for_points(5, len(x)), max_rows=rows, levels=lv)
+            assert torch.equal(got.fooled, want)
+    # On points that survive the top, a top-down ladder pays for one level; bottom-up for each.
+    robust = ~descent(down, model, x, y, grid, norm, 5, torch.full((len(y),), len(grid)))[:, -1]
+    assert 5 < int(robust.sum()) < 35, "the grid should straddle the points' margins"
+    cost = {}
+    for ladder in ("bottom-up", "top-down"):
+        counted = Counted(model)
+        attacks.make(name, ladder=ladder, **options).run(counted, x[robust], y[robust], eps[robust], norm, rng=PointRNG.for_points(5, len(x))[robust.nonzero().squeeze(1)])
+        cost[ladder] = counted.rows
+    assert cost["top-down"] < 0.4 * cost["bottom-up"], cost
+
+
+def test_the_ladder_option_is_checked_and_recorded():
+    with pytest.raises(attacks.OptionError, match="^ladder: "):
+        attacks.make("apgd-ce", ladder="sideways")
+    assert "ladder" not in attacks.make("apgd-t").options()  # bottom-up keys are as they were
+    assert attacks.make("apgd-t", ladder="top-down").options()["ladder"] == "top-down"
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def bound(tmp_path):
 
 
 # Attacks whose outcome at a radius is that of a run at that radius alone: their pairs are facts.
-ALONE = [{"name": "fgsm"}, {"name": "pgd", "steps": 10}, {"name": "apgd-ce", "steps": 20}, {"name": "square", "queries": 150}]
+ALONE = [{"name": "fgsm"}, {"name": "pgd", "steps": 10}, {"name": "apgd-ce", "steps": 20}, {"name": "apgd-t", "steps": 20, "targets": 3, "ladder": "top-down"}, {"name": "square", "queries": 150}]
 
 
 def test_a_longer_ladder_attacks_only_the_new_radii_and_gives_a_fresh_runs_rows(mlp, tmp_path):

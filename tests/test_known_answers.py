@@ -19,6 +19,7 @@ from conftest import mnist_trained
 from torch import nn
 
 from study import attacks
+from study.attacks.presets import PRESETS
 from study.box_projection import step_to_hyperplane
 from study.norms import NORMS
 from study.rng import PointRNG
@@ -156,3 +157,28 @@ def test_the_standard_cnn_stays_below_absolute_bounds(standard_cnn, name):
         res = attacks.make(name, **options).run(model, x, y, torch.tensor(grid).expand(len(y), 2), NORMS[norm], rng=PointRNG.for_points(0, len(y)))
         robust = [1 - res.fooled[:, j].float().mean().item() for j in range(2)]
         assert all(r <= b for r, b in zip(robust, bounds)), f"{name} {norm}: robust {robust} above {bounds}"
+
+
+@pytest.mark.parametrize("norm,big", [("linf", 1.0), ("l2", 28.0)])
+def test_the_defaults_fmn_pair_finds_the_minimal_perturbation(linear, norm, big):
+    """The default runs FMN untargeted, then FMN-T with ``skip: 1`` (toward the 2nd and 3rd most
+    likely other classes: the untargeted run already heads for the most likely). Together they
+    find every point's minimum within 2%, as FMN-T toward all three does (measured: 1.3% Linf,
+    0.1% L2); and ``skip`` passes over exactly the first targets: FMN-T toward the first alone
+    and the skipping run together give FMN-T toward all three, point by point."""
+    model, x, y, exact = linear
+    eps = torch.tensor([[1e-6, big]]).expand(len(y), 2)
+    pair = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in PRESETS["autoattack-fast"] if a["name"] in ("fmn", "fmn-t")}
+    assert pair["fmn-t"].get("skip") == 1
+
+    def closest(name, **options):
+        res = attacks.make(name, **options).run(model, x, y, eps, NORMS[norm], rng=PointRNG.for_points(0, len(y)))
+        return torch.where(res.fooled[:, 1], NORMS[norm].measure((res.x_adv - x).double()), math.inf)
+
+    found = torch.minimum(closest("fmn", **pair["fmn"]), closest("fmn-t", **pair["fmn-t"]))
+    ratio = found / exact[norm]
+    assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.02).all(), f"the default's FMN pair: worst {ratio.max().item():.4f} x the exact minimum"
+    first = closest("fmn-t", steps=20, targets=1)
+    after = closest("fmn-t", steps=20, targets=2, skip=1)
+    assert torch.equal(closest("fmn-t", steps=20, targets=3), torch.minimum(first, after))
+    assert not torch.equal(after, closest("fmn-t", steps=20, targets=2)), "skip changed no target"

@@ -25,11 +25,16 @@ eps is per point, (N,) or an (N, L) ascending ladder. With ``early_stop`` (evalu
 that is misclassified ends its point's attack and is kept; along a ladder only the points that
 survive a level (every restart) are attacked at the next one, and an adversarial at distance d
 counts at every level >= its own and at every lower level with eps >= d; ``levels`` (a cascade)
-ends a point's ladder early. Restarts re-draw the random start and attack only points not yet
+ends a point's ladder early. With ``ladder: top-down`` the ladder is climbed the other way: each
+point first at its largest eps (of its ``levels``), then, only where that broke it, at the largest
+eps below that the adversarial does not already fit, until a level leaves it robust, which is then
+taken for robust at every smaller eps too. A point robust at its largest eps pays for one level
+instead of all of them; the price is that assumption, which an attack on a masked model can violate
+(benchmarks/ladder_order.py). Restarts re-draw the random start and attack only points not yet
 fooled. The random starts come from ``rng`` (study.rng.PointRNG), one per point, target and
 restart, the same (scaled by the eps) at every level, so a level's run follows the same trajectory
-as a separate run at that eps, independent of chunking (``max_rows``), of which other points are
-in the batch, and of the device.
+as a separate run at that eps, independent of chunking (``max_rows``), of which other points are in
+the batch, and of the device.
 
 Choices where the paper and the reference code (fra31/auto-attack, autopgd_base.py) differ
 slightly, all following the paper: condition 1 is strict (< rho * phase length) and counts the steps
@@ -47,7 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +61,7 @@ from study.attacks.gradient import AttackResult, frozen, per_point, prepare
 from study.types import PosFloat, PosInt
 
 _LOSSES = ("ce", "dlr", "dlr-targeted")
+Ladder = Literal["bottom-up", "top-down"]
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -132,6 +138,7 @@ class APGD:
     targets: int | None = None  # apgd-t: how many of the most likely other classes to target
     screen: int | None = None  # apgd-t: first a run of this many steps toward every target...
     keep: int | None = None  # ...then the full runs toward the ``keep`` whose runs reached the highest loss
+    ladder: str = "bottom-up"  # the order it climbs an eps ladder (Ladder)
 
     def __call__(self, model, x, y, eps, norm, *, rng=None) -> torch.Tensor:
         """Plain attack (training use): every point's best-loss iterate, no early stop."""
@@ -140,6 +147,8 @@ class APGD:
     def options(self) -> dict:
         """The settings its result rows record."""
         own = dict(steps=self.steps, step_size=self.step_size, restarts=self.restarts)
+        if self.ladder != "bottom-up":  # only where it differs, so bottom-up keys stay as they were
+            own["ladder"] = self.ladder
         if self.targets is None:
             return own
         return {**own, "targets": self.targets} if self.screen is None else {**own, "targets": self.targets, "screen": self.screen, "keep": self.keep}
@@ -154,18 +163,17 @@ class APGD:
         x = x.detach()
         x_adv = x.clone()
         fooled = torch.zeros(eps.shape, dtype=torch.bool, device=x.device)
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)  # fooled at some level
         top_loss = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)  # survivors, top level
         steps_up = torch.arange(n_levels, device=x.device)
         with frozen(model):
             n_targets = 1 if self.targets is None or not n else min(self.targets, n_classes(model, x) - 1)
             target = ranked_targets(model, x, y, n_targets, max_rows) if self.targets is not None else y[:, None]
 
-            def attempt(level, targets, counter, steps):
-                """One run of ``steps`` per point still robust at ``level``, toward targets[p];
-                returns the best loss per point (-inf for points not run or fooled)."""
+            def attempt(level, sent, targets, counter, steps):
+                """One run of ``steps`` per point ``sent`` to ``level`` and still robust there,
+                toward targets[p]; returns the best loss per point (-inf for points not run or fooled)."""
                 scores = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-                todo = (~found & (level < levels)).nonzero().squeeze(1)
+                todo = (sent & ~fooled[:, level]).nonzero().squeeze(1)
                 for pts in todo.split(max_rows or max(len(todo), 1)):
                     e = eps[pts, level]
                     unit = _unit_start(norm, rng[pts].fold(counter), x.shape[1:], x.dtype)
@@ -175,7 +183,6 @@ class APGD:
                         p = pts[hit]
                         dist = norm.measure(adv[hit] - x[p])
                         x_adv[p] = adv[hit]
-                        found[p] = True
                         # At its own level and above by construction (the measured distance
                         # may exceed that eps by rounding); below it wherever the distance fits.
                         fooled[p] = (steps_up >= level) | (eps[p] >= dist[:, None])
@@ -186,15 +193,19 @@ class APGD:
                     scores[pts[~hit]] = best_loss[~hit]
                 return scores
 
-            for level in range(n_levels):
+            top_down = self.ladder == "top-down"
+            for level in reversed(range(n_levels)) if top_down else range(n_levels):
+                sent = level < levels
+                if top_down:  # its top level, or one below a level it broke
+                    sent &= (level == levels - 1) | (fooled[:, level + 1] if level + 1 < n_levels else False)
                 order = target
                 if self.screen is not None:
                     # Short runs toward every candidate; the full runs go to the most promising.
-                    scores = torch.stack([attempt(level, target[:, t], -(t + 1), self.screen) for t in range(n_targets)], 1)
+                    scores = torch.stack([attempt(level, sent, target[:, t], -(t + 1), self.screen) for t in range(n_targets)], 1)
                     order = target.gather(1, scores.argsort(dim=1, descending=True, stable=True)[:, : self.keep])
                 for t in range(order.shape[1]):
                     for restart in range(self.restarts):
-                        attempt(level, order[:, t], t * self.restarts + restart, self.steps)
+                        attempt(level, sent, order[:, t], t * self.restarts + restart, self.steps)
         return AttackResult(x_adv, fooled if ladder else fooled[:, 0])
 
     @staticmethod
@@ -298,18 +309,18 @@ def _evaluate(model, loss_fn, xk, y, target):
     return loss.detach(), grad, logits.detach().argmax(1) != y
 
 
-def apgd_ce(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1) -> APGD:
+def apgd_ce(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, ladder: Ladder = "bottom-up") -> APGD:
     """APGD on cross-entropy; ``step_size``: the initial eta relative to eps (2 * eps)."""
-    return APGD("apgd-ce", "ce", steps, step_size, restarts)
+    return APGD("apgd-ce", "ce", steps, step_size, restarts, ladder=ladder)
 
 
-def apgd_dlr(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1) -> APGD:
-    return APGD("apgd-dlr", "dlr", steps, step_size, restarts)
+def apgd_dlr(steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, ladder: Ladder = "bottom-up") -> APGD:
+    return APGD("apgd-dlr", "dlr", steps, step_size, restarts, ladder=ladder)
 
 
 def apgd_t(
     steps: PosInt = 100, step_size: PosFloat = 2.0, restarts: PosInt = 1, targets: PosInt = 9,
-    screen: Optional[PosInt] = None, keep: Optional[PosInt] = None,
+    screen: Optional[PosInt] = None, keep: Optional[PosInt] = None, ladder: Ladder = "bottom-up",
 ) -> APGD:
     """AutoAttack's APGD-T: 100 iterations per target, the 9 most likely other classes. With
     ``screen`` and ``keep``: a ``screen``-step run toward each of the ``targets`` classes first,
@@ -321,7 +332,7 @@ def apgd_t(
         raise ValueError(f"keep: must be at most targets ({targets})")
     if screen is not None and screen >= steps:
         raise ValueError(f"screen: must be fewer than steps ({steps})")
-    return APGD("apgd-t", "dlr-targeted", steps, step_size, restarts, targets=targets, screen=screen, keep=keep)
+    return APGD("apgd-t", "dlr-targeted", steps, step_size, restarts, targets=targets, screen=screen, keep=keep, ladder=ladder)
 
 
 APGD_ATTACKS = {"apgd-ce": apgd_ce, "apgd-dlr": apgd_dlr, "apgd-t": apgd_t}

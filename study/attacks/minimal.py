@@ -29,8 +29,9 @@ def closest(attack, model, x, y, eps, norm, *, rng, early_stop, max_rows, levels
     with frozen(model):
         runs, target = [None], None
         if attack.targets is not None:
-            k = min(attack.targets, n_classes(model, x) - 1) if n else 0
-            target = ranked_targets(model, x, y, k, max_rows)
+            skip = getattr(attack, "skip", 0)  # FMN-T's option; FAB-T always starts at the most likely
+            k = max(min(attack.targets, n_classes(model, x) - 1 - skip), 0) if n else 0
+            target = ranked_targets(model, x, y, skip + k, max_rows)[:, skip:]
             runs = list(range(k))
         for r, t in enumerate(runs):
             for restart in range(attack.restarts):

@@ -5,7 +5,8 @@ radius alone: FGSM, BIM, PGD, APGD (CE, DLR, T), and Square's search. Its (point
 are facts: fooled or not, the adversarial's sizes and confidence, the queries. A ladder is then
 assembled exactly as a fresh run goes: each point visits its levels in order, up to its cascade
 limit, and stops at its first success, whose adversarial at distance d counts at that level,
-every higher one and every lower one with eps >= d. Only pairs the store lacks are attacked.
+every higher one and every lower one with eps >= d (an APGD climbing top-down visits them from
+its limit down, on past each success, until a failure). Only pairs the store lacks are attacked.
 
 Square with a probe is assembled from the same facts (its search is Square's, the probe its
 first ``probe`` proposals): a point's probe at its largest eps succeeds when the search there
@@ -139,13 +140,16 @@ class _Ladder:
             self.sizes[name][p] = rec[name]
 
     def scan(self, which, attack) -> None:
-        """Points ``which`` each visit their levels from the lowest until the first success."""
-        at = {p: 0 for p in which if self.top[p] > 0}
+        """Points ``which`` each visit their levels as the attack climbs its ladder: bottom-up,
+        from the lowest until the first success; top-down, from the highest, one lower after each
+        success (to the highest level that success does not already cover) until a failure."""
+        down = getattr(attack, "ladder", "bottom-up") == "top-down"
+        at = {p: self.top[p] - 1 if down else 0 for p in which if self.top[p] > 0}
         while at:
             todo = []
             for p in list(at):
                 while True:
-                    if at[p] >= self.top[p]:
+                    if not 0 <= at[p] < self.top[p]:
                         del at[p]
                         break
                     rec = self.facts.get(self.ids[p], self.grid[at[p]])
@@ -156,9 +160,14 @@ class _Ladder:
                     self.spent(p, at[p], rec["queries"])
                     if rec["fooled"]:
                         self.hit(p, at[p], rec)
+                    if down and rec["fooled"]:
+                        below = (~self.fooled[p, : at[p]]).nonzero()
+                        at[p] = int(below.max()) if len(below) else -1
+                    elif not down and not rec["fooled"]:
+                        at[p] += 1
+                    else:
                         del at[p]
                         break
-                    at[p] += 1
             if todo:
                 self.attack(attack, todo, [self.grid[at[p]] for p in todo])
 
